@@ -1,0 +1,67 @@
+"""shardalchemy: horizontal sharding for SQLAlchemy 2.x, ORM and Core, sync and async.
+
+The public API is flat; the modules behind it are private unless named here.
+
+Example::
+
+    from shardalchemy import FollowParent, Lookup, ShardKey, ShardMap
+
+    class City(Base):
+        __tablename__ = "cities"
+        __sharding__ = ShardKey("continent", Lookup({"Asia": "asia", "Europe": "europe"}))
+        ...
+
+    shard_map = ShardMap.tables("sqlite:///cities.db", ["asia", "europe"])
+    shard_map.create_all(Base.metadata)
+    with shard_map.sessionmaker()() as session:
+        session.add(City(continent="Asia", name="Tokyo"))
+        session.commit()
+"""
+
+from .errors import (
+    MissingParentError,
+    MissingShardKeyError,
+    ModelConfigurationError,
+    RoutingError,
+    ShardingError,
+    ShardKeyChangeError,
+    ShardKeyError,
+    ShardMapError,
+    UnknownShardError,
+    UnknownShardKeyError,
+)
+from .inspection import StatementLog
+from .models import FollowParent, ShardKey, shard_table
+from .router import Route
+from .session import ShardedSession, assign_shard, set_shard_id
+from .shardmap import ShardMap
+from .strategies import Function, Hash, Lookup, Range, Strategy
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FollowParent",
+    "Function",
+    "Hash",
+    "Lookup",
+    "MissingParentError",
+    "MissingShardKeyError",
+    "ModelConfigurationError",
+    "Range",
+    "Route",
+    "RoutingError",
+    "ShardKey",
+    "ShardKeyChangeError",
+    "ShardKeyError",
+    "ShardMap",
+    "ShardMapError",
+    "ShardedSession",
+    "ShardingError",
+    "StatementLog",
+    "Strategy",
+    "UnknownShardError",
+    "UnknownShardKeyError",
+    "assign_shard",
+    "set_shard_id",
+    "shard_table",
+]

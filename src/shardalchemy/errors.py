@@ -1,0 +1,114 @@
+"""The shardalchemy exception hierarchy.
+
+Every error the library raises on purpose derives from :class:`ShardingError`,
+so ``except shardalchemy.ShardingError`` catches them all. Messages name the
+model, the attribute, the value and the shard involved, and say what to do.
+
+Example::
+
+    try:
+        session.flush()
+    except shardalchemy.UnknownShardKeyError as error:
+        print(error.model, error.attribute, error.value)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ShardingError(Exception):
+    """Base class of every error raised by shardalchemy."""
+
+
+class ShardMapError(ShardingError):
+    """The shard map (which shards exist, where they live) is misconfigured.
+
+    Example: two shards with the same name, or an empty shard map.
+    """
+
+
+class UnknownShardError(ShardMapError, KeyError):
+    """A shard name that the shard map does not define.
+
+    Raised for a strategy, an option such as ``set_shard_id("mars")`` or a
+    chooser that names a shard the session does not know.
+    """
+
+    def __init__(self, shard: Any, known: Any, where: str) -> None:
+        self.shard = shard
+        self.known = tuple(known)
+        super().__init__(
+            f"unknown shard {shard!r} in {where}; the shard map defines "
+            f"{', '.join(repr(name) for name in self.known) or 'no shards'}"
+        )
+
+    def __str__(self) -> str:  # KeyError would repr() the message otherwise
+        return str(self.args[0])
+
+
+class ModelConfigurationError(ShardingError):
+    """A model's sharding declaration is inconsistent.
+
+    Example: a model with two shard keys, or a model that follows a parent
+    that is not sharded.
+    """
+
+
+class ShardKeyError(ShardingError):
+    """A row's shard key cannot be turned into a shard.
+
+    ``model``, ``attribute`` and ``value`` say which row and which value.
+    """
+
+    def __init__(self, message: str, *, model: str, attribute: str, value: Any) -> None:
+        self.model = model
+        self.attribute = attribute
+        self.value = value
+        super().__init__(message)
+
+
+class MissingShardKeyError(ShardKeyError):
+    """The shard key of a row is ``None``, so the row has no shard."""
+
+
+class UnknownShardKeyError(ShardKeyError):
+    """The strategy maps no shard to this shard-key value."""
+
+
+class ShardKeyChangeError(ShardKeyError):
+    """A persistent row's shard key was changed.
+
+    Moving a row between shards is not supported yet; delete the row and
+    insert a new one instead.
+    """
+
+
+class MissingParentError(ShardingError):
+    """A row of a model that follows its parent has no parent to follow."""
+
+    def __init__(self, message: str, *, model: str, relationship: str) -> None:
+        self.model = model
+        self.relationship = relationship
+        super().__init__(message)
+
+
+class RoutingError(ShardingError):
+    """A statement or identity could not be routed to any shard.
+
+    Example: an ``execute_chooser`` that returns no shard at all.
+    """
+
+
+__all__ = [
+    "MissingParentError",
+    "MissingShardKeyError",
+    "ModelConfigurationError",
+    "RoutingError",
+    "ShardKeyChangeError",
+    "ShardKeyError",
+    "ShardMapError",
+    "ShardingError",
+    "UnknownShardError",
+    "UnknownShardKeyError",
+]

@@ -1,0 +1,525 @@
+"""ShardedSession: wires shard maps, rules and the router into SQLAlchemy's ORM.
+
+Two ways to use it:
+
+Declarative mode (``shard_map=``): routing follows from the models'
+``__sharding__`` declarations; no chooser functions to write::
+
+    Session = shard_map.sessionmaker()
+    with Session() as session:
+        session.add(WeatherLocation("Asia", "Tokyo"))   # goes to shard "asia"
+        session.commit()
+
+Drop-in mode: ``shardalchemy.ShardedSession`` accepts everything
+``sqlalchemy.ext.horizontal_shard.ShardedSession`` accepts (``shards``,
+``shard_chooser``, ``identity_chooser``, ``execute_chooser``, ...), so code
+written for SQLAlchemy's extension works by changing only the import.
+
+In both modes shard names are checked (an unknown one raises
+:class:`~shardalchemy.UnknownShardError`), an empty route raises
+:class:`~shardalchemy.RoutingError`, and :meth:`ShardedSession.recording_routes`
+records where each statement went and why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from sqlalchemy import event, exc, inspect
+from sqlalchemy.ext import horizontal_shard
+from sqlalchemy.ext.horizontal_shard import ShardedQuery
+from sqlalchemy.orm import Mapper, ORMExecuteState
+from sqlalchemy.orm.state import InstanceState
+from sqlalchemy.sql import visitors
+
+from . import _compat
+from .errors import (
+    MissingParentError,
+    RoutingError,
+    ShardKeyChangeError,
+    ShardMapError,
+    UnknownShardError,
+)
+from .models import FollowRule, KeyRule, Rule, RuleBook
+from .router import Route, route_statement, statement_label
+from .shardmap import ShardMap
+
+_EXPLICIT_SHARD = "shardalchemy.explicit_shard"
+
+
+class set_shard_id(horizontal_shard.set_shard_id):
+    """Run a statement, and the loaders of the objects it loads, on one shard.
+
+    The same option as SQLAlchemy's, checked against the shard map: an unknown
+    shard name raises :class:`~shardalchemy.UnknownShardError` when the
+    statement runs.  SQLAlchemy's own ``set_shard_id`` works too.
+
+    Example::
+
+        session.scalars(select(WeatherLocation).options(set_shard_id("asia")))
+    """
+
+    __slots__ = ()
+
+
+def assign_shard(instance: Any, shard: str) -> None:
+    """Place a new object on ``shard`` explicitly, before it is flushed.
+
+    For objects of models that are not sharded (which have no shard of their
+    own in the ``database`` and ``schema`` placements).  For a sharded model the
+    shard must agree with the one its shard key selects.
+
+    Example::
+
+        assign_shard(setting, "europe"); session.add(setting)
+    """
+    state = inspect(instance)
+    if state.key is not None:
+        raise ShardKeyChangeError(
+            f"{type(instance).__name__} is already stored on shard {state.key[2]!r}; "
+            "moving rows between shards is not supported",
+            model=type(instance).__name__,
+            attribute="<shard>",
+            value=shard,
+        )
+    state.info[_EXPLICIT_SHARD] = shard
+    state.identity_token = shard
+
+
+class ShardedSession(horizontal_shard.ShardedSession):
+    """A :class:`~sqlalchemy.orm.Session` over several shards.
+
+    Pass ``shard_map=`` for declarative mode, or the arguments of SQLAlchemy's
+    ``horizontal_shard.ShardedSession`` for drop-in mode; any chooser you pass
+    replaces the one derived from the shard map.
+    """
+
+    shard_map: ShardMap | None
+    rules: RuleBook | None
+
+    def __init__(
+        self,
+        shard_chooser: Callable[..., Any] | None = None,
+        identity_chooser: Callable[..., Any] | None = None,
+        execute_chooser: Callable[[ORMExecuteState], Iterable[Any]] | None = None,
+        shards: dict[str, Any] | None = None,
+        query_cls: Any = ShardedQuery,
+        *,
+        shard_map: ShardMap | None = None,
+        id_chooser: Callable[..., Any] | None = None,
+        query_chooser: Callable[..., Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.shard_map = shard_map
+        self.rules = None
+        self._route_log: list[Route] | None = None
+        if shard_map is not None:
+            if not isinstance(shard_map, ShardMap):
+                raise ShardMapError(f"shard_map must be a shardalchemy.ShardMap, not {shard_map!r}")
+            self.rules = _rulebook(shard_map)
+            binds: dict[str, Any] = shard_map.binds()
+            for name, bind in (shards or {}).items():
+                binds[shard_map.check_shard(name, "ShardedSession(shards=...)")] = bind
+            shards = binds
+            shard_chooser = shard_chooser or self._shard_for_instance
+            if identity_chooser is None and id_chooser is None:
+                identity_chooser = self._shards_for_identity
+            if execute_chooser is None and query_chooser is None:
+                execute_chooser = self._route
+        elif shard_chooser is None:
+            raise exc.ArgumentError(
+                "ShardedSession needs shard_map=..., or shard_chooser=... and shards=..."
+            )
+        self._shard_names: list[str] = list(shards or {})
+        super().__init__(
+            shard_chooser,
+            identity_chooser,
+            execute_chooser,
+            shards,
+            query_cls,
+            id_chooser=id_chooser,
+            query_chooser=query_chooser,
+            **kwargs,
+        )
+        # our handler replaces the extension's: same decisions, plus checks,
+        # route records and (in declarative mode) lazy loads kept on their shard
+        event.remove(self, "do_orm_execute", horizontal_shard.execute_and_instances)
+        event.listen(self, "do_orm_execute", _execute_on_shards, retval=True)
+        if self.rules is not None:
+            event.listen(self, "before_flush", _check_flush)
+
+    # -- shards --------------------------------------------------------------
+    @property
+    def shard_names(self) -> tuple[str, ...]:
+        """The shards this session knows, in declaration order."""
+        return tuple(self._shard_names)
+
+    def bind_shard(self, shard_id: Any, bind: Any) -> None:
+        if shard_id not in getattr(self, "_shard_names", []):
+            self._shard_names = [*getattr(self, "_shard_names", []), shard_id]
+        super().bind_shard(shard_id, bind)
+
+    def check_shard(self, shard: Any, where: str) -> Any:
+        """Return ``shard`` if this session knows it, else raise :class:`UnknownShardError`."""
+        if shard not in self._shard_names:
+            raise UnknownShardError(shard, self._shard_names, where)
+        return shard
+
+    def get_bind(self, mapper: Any = None, *, shard_id: Any = None, **kw: Any) -> Any:
+        if shard_id is not None:
+            self.check_shard(shard_id, "bind_arguments / get_bind(shard_id=...)")
+        return super().get_bind(mapper, shard_id=shard_id, **kw)
+
+    # -- route records -------------------------------------------------------
+    @contextlib.contextmanager
+    def recording_routes(self) -> Iterator[list[Route]]:
+        """Record the route of every statement and flushed object inside the block.
+
+        Example::
+
+            with session.recording_routes() as routes:
+                session.scalars(select(WeatherLocation).where(...)).all()
+            for route in routes: print(route.statement, route.shards, route.reason)
+        """
+        outer = self._route_log
+        log: list[Route] = []
+        self._route_log = log
+        try:
+            yield log
+        finally:
+            self._route_log = outer
+            if outer is not None:
+                outer.extend(log)
+
+    def _record(self, route: Route, statement: Any = None, label: str | None = None) -> None:
+        if self._route_log is not None:
+            if label is None:
+                label = statement_label(statement) if statement is not None else ""
+            self._route_log.append(dataclasses.replace(route, statement=label))
+
+    # -- declarative choosers --------------------------------------------------
+    def _rule(self, mapper: Any) -> Rule | None:
+        assert self.rules is not None
+        return self.rules.for_mapper(mapper) if isinstance(mapper, Mapper) else None
+
+    def _shard_for_instance(self, mapper: Any, instance: Any, clause: Any = None, **kw: Any) -> str:
+        """shard_chooser of declarative mode: the shard of a (new) object."""
+        if instance is None:
+            name = mapper.class_.__name__ if isinstance(mapper, Mapper) else "this statement"
+            raise RoutingError(
+                f"no object to choose a shard for {name}; pass the shard explicitly "
+                "(bind_arguments={'shard_id': ...} or set_shard_id(...))"
+            )
+        return self._place(inspect(instance)).shards[0]
+
+    def _place(self, state: InstanceState[Any]) -> Route:
+        """Where a pending object goes, and why; raises a clear error if nowhere."""
+        mapper = state.mapper
+        name = mapper.class_.__name__
+        explicit = state.info.get(_EXPLICIT_SHARD)
+        if explicit is not None:
+            self.check_shard(explicit, f"assign_shard() of a {name}")
+        rule = self._rule(mapper)
+        if rule is None:
+            if explicit is not None:
+                return Route((explicit,), f"{name} assigned to {explicit} explicitly")
+            assert self.shard_map is not None
+            if self.shard_map.placement == "tables":
+                first = self._shard_names[0]
+                return Route(
+                    (first,), f"{name} is not sharded; its one table is reached via {first}"
+                )
+            raise RoutingError(
+                f"{name} is not sharded and every shard has its own {name} table; give {name} "
+                "a __sharding__ declaration or call shardalchemy.assign_shard(obj, shard) "
+                "before flush"
+            )
+        if isinstance(rule, KeyRule):
+            value = getattr(state.obj(), rule.attribute)
+            shard = self.check_shard(
+                rule.shard_for_value(value), f"the strategy of {rule.name}.{rule.attribute}"
+            )
+            reason = (
+                f"{rule.name}.{rule.attribute} = {value!r} -> {shard} ({rule.strategy.describe()})"
+            )
+        else:
+            shard, parent_reason = self._parent_shard(state, rule)
+            reason = f"{name} follows {rule.relationship.key}: {parent_reason}"
+        if explicit is not None and explicit != shard:
+            raise RoutingError(
+                f"{name} was assigned to shard {explicit!r} but its shard key selects {shard!r}"
+            )
+        return Route((shard,), reason)
+
+    def _parent_shard(self, state: InstanceState[Any], rule: FollowRule) -> tuple[str, str]:
+        relationship = rule.relationship
+        parent = state.dict.get(relationship.key)
+        if parent is None:
+            parent = self._parent_by_foreign_key(state, rule)
+        parent_state = inspect(parent)
+        if parent_state.key is not None:
+            token = parent_state.key[2]
+            return token, f"{type(parent).__name__} is stored on {token}"
+        route = self._place(parent_state)
+        parent_state.identity_token = route.shards[0]
+        return route.shards[0], route.reason
+
+    def _parent_by_foreign_key(self, state: InstanceState[Any], rule: FollowRule) -> Any:
+        relationship = rule.relationship
+        name = rule.name
+        mapper = state.mapper
+        key = {}
+        for local, remote in relationship.local_remote_pairs:
+            key[remote] = (
+                mapper._get_state_attr_by_column(state, state.dict, local)
+                if (local in mapper.columntoproperty)
+                else None
+            )
+        parent_mapper = relationship.mapper
+        identity = [key.get(column) for column in parent_mapper.primary_key]
+        if any(value is None for value in identity):
+            raise MissingParentError(
+                f"{name}.{relationship.key} is None; a {name} lives on its "
+                f"{parent_mapper.class_.__name__}'s shard, so it needs one (set "
+                f"{name}.{relationship.key} or its foreign key)",
+                model=name,
+                relationship=relationship.key,
+            )
+        with self.no_autoflush:
+            parent = self.get(parent_mapper, identity)
+        if parent is None:
+            raise MissingParentError(
+                f"{name}.{relationship.key} refers to {parent_mapper.class_.__name__} "
+                f"{tuple(identity)!r}, which is on no shard",
+                model=name,
+                relationship=relationship.key,
+            )
+        return parent
+
+    def _shards_for_identity(
+        self,
+        mapper: Any,
+        primary_key: Any,
+        *,
+        lazy_loaded_from: InstanceState[Any] | None = None,
+        **kw: Any,
+    ) -> Route:
+        """identity_chooser of declarative mode: the shards a primary key may be on."""
+        every = tuple(self._shard_names)
+        if lazy_loaded_from is not None:
+            token = lazy_loaded_from.identity_token
+            if token is not None and _colocated(self, lazy_loaded_from.mapper, mapper, None):
+                return Route(
+                    (token,), f"loaded from a {lazy_loaded_from.mapper.class_.__name__} on {token}"
+                )
+        rule = self._rule(mapper)
+        if isinstance(rule, KeyRule):
+            for column, value in zip(mapper.primary_key, primary_key, strict=False):
+                if _compat.plain(column) is _compat.plain(rule.column) and value is not None:
+                    shard = rule.strategy.shard_for(value)
+                    if shard is not None:
+                        return Route(
+                            (shard,),
+                            f"primary key {rule.name}.{rule.attribute} = {value!r} -> {shard}",
+                        )
+        return Route(
+            every,
+            f"the primary key of {mapper.class_.__name__} does not carry its shard; all shards",
+        )
+
+    def _route(self, orm_context: ORMExecuteState) -> Route:
+        """execute_chooser of declarative mode: the router."""
+        assert self.rules is not None
+        return route_statement(
+            orm_context.statement, orm_context.parameters, self.rules, self._shard_names
+        )
+
+
+def _rulebook(shard_map: ShardMap) -> RuleBook:
+    rules = getattr(shard_map, "_rulebook", None)
+    if rules is None:
+        rules = RuleBook(shard_map.shard_names)
+        shard_map._rulebook = rules  # type: ignore[attr-defined]
+    return rules
+
+
+def _colocated(
+    session: ShardedSession, source: Mapper[Any], target: Mapper[Any], where: Any
+) -> bool:
+    """Whether rows of ``target`` reached from a ``source`` row live on that row's shard.
+
+    True when one follows the other directly and, for a lazy-load statement,
+    its criteria use only that relationship's join columns (another
+    relationship between the same models might reach other shards).
+    """
+    for child, parent in ((target, source), (source, target)):
+        rule = session._rule(child)
+        if isinstance(rule, FollowRule) and parent.isa(rule.relationship.mapper):
+            if where is None:
+                return True
+            allowed = {
+                _compat.plain(column)
+                for pair in rule.relationship.local_remote_pairs
+                for column in pair
+            }
+            used = {
+                _compat.plain(element)
+                for element in visitors.iterate(where)
+                if hasattr(element, "table")
+                and hasattr(element, "proxy_set")
+                and element.__visit_name__ == "column"
+            }
+            if used and used <= allowed:
+                return True
+    return False
+
+
+def _explicit_shard(
+    session: ShardedSession, orm_context: ORMExecuteState
+) -> tuple[Any, str] | None:
+    """A shard the statement is pinned to by an option, a token or a lazy load."""
+    for option in _compat.orm_options(orm_context):
+        if isinstance(option, horizontal_shard.set_shard_id):
+            return option.shard_id, f"set_shard_id({option.shard_id!r})"
+    token = _compat.explicit_identity_token(orm_context)
+    if token is not None:
+        return token, f"identity token {token!r} (object loaded from that shard)"
+    if "_sa_shard_id" in orm_context.execution_options:
+        shard = orm_context.execution_options["_sa_shard_id"]
+        return shard, f"execution option _sa_shard_id={shard!r}"
+    if "shard_id" in orm_context.bind_arguments:
+        shard = orm_context.bind_arguments["shard_id"]
+        return shard, f"bind_arguments shard_id={shard!r}"
+    if session.rules is not None:
+        state = _compat.lazy_loaded_from(orm_context)
+        target = orm_context.bind_mapper
+        statement = orm_context.statement
+        if (
+            state is not None
+            and state.identity_token is not None
+            and target is not None
+            and _colocated(session, state.mapper, target, getattr(statement, "whereclause", None))
+        ):
+            return state.identity_token, (
+                f"lazy load from a {state.mapper.class_.__name__} on {state.identity_token}"
+            )
+    return None
+
+
+def _execute_on_shards(orm_context: ORMExecuteState) -> Any:
+    """The session's ``do_orm_execute`` handler: route, check, run on each shard."""
+    session = orm_context.session
+    assert isinstance(session, ShardedSession)
+    statement = orm_context.statement
+    explicit = _explicit_shard(session, orm_context)
+    if explicit is not None:
+        shard, reason = explicit
+        session.check_shard(shard, reason)
+        route = Route((shard,), reason)
+    else:
+        if session.rules is not None:
+            _refuse_unroutable_writes(session, orm_context)
+        chosen = session.execute_chooser(orm_context)
+        route = chosen if isinstance(chosen, Route) else Route(tuple(chosen), "execute_chooser")
+        if not route.shards:
+            raise RoutingError(
+                f"the execute chooser chose no shard for {statement_label(statement)}; "
+                "it must return at least one shard name"
+            )
+        for shard in route.shards:
+            session.check_shard(shard, "the execute chooser's result")
+    session._record(route, statement)
+
+    def run_on(shard: Any) -> Any:
+        bind_arguments = dict(orm_context.bind_arguments)
+        bind_arguments["shard_id"] = shard
+        orm_context.update_execution_options(identity_token=shard)
+        return orm_context.invoke_statement(bind_arguments=bind_arguments)
+
+    results = [run_on(shard) for shard in route.shards]
+    return results[0] if len(results) == 1 else results[0].merge(*results[1:])
+
+
+def _refuse_unroutable_writes(session: ShardedSession, orm_context: ORMExecuteState) -> None:
+    statement = orm_context.statement
+    if orm_context.is_insert:
+        raise RoutingError(
+            f"{statement_label(statement)} through session.execute() has no shard: add objects "
+            "with session.add(), or pin the statement with set_shard_id(...) / "
+            "bind_arguments={'shard_id': ...} (row-by-row routing of bulk INSERT is not "
+            "supported yet)"
+        )
+    if orm_context.is_update:
+        assert session.rules is not None
+        table = getattr(statement, "table", None)
+        rule = session.rules.for_table(_compat.plain(table)) if table is not None else None
+        if isinstance(rule, KeyRule):
+            for column in _compat.dml_assigned_columns(statement):
+                key = column if isinstance(column, str) else getattr(column, "key", None)
+                if key in (rule.attribute, rule.column.key):
+                    raise ShardKeyChangeError(
+                        f"UPDATE of {rule.name} assigns its shard key {rule.attribute}; moving "
+                        "rows between shards is not supported (delete and re-insert them instead)",
+                        model=rule.name,
+                        attribute=rule.attribute,
+                        value=None,
+                    )
+
+
+def _check_flush(session: ShardedSession, flush_context: Any, instances: Any) -> None:
+    """before_flush in declarative mode: place every new object, refuse shard moves.
+
+    Everything is checked before the flush emits any SQL, so a bad object
+    leaves every shard untouched and the session as it was.
+    """
+    for obj in session.new:
+        state = inspect(obj)
+        if _EXPLICIT_SHARD not in state.info:
+            state.identity_token = None  # recomputed below from current values
+    for obj in session.new:
+        state = inspect(obj)
+        route = session._place(state)
+        state.identity_token = route.shards[0]
+        session._record(route, label=f"INSERT {state.mapper.local_table.name}")
+    for obj in session.dirty:
+        state = inspect(obj)
+        if state.key is None or not session.is_modified(obj, include_collections=False):
+            continue
+        _refuse_shard_move(session, state)
+
+
+def _refuse_shard_move(session: ShardedSession, state: InstanceState[Any]) -> None:
+    rule = session._rule(state.mapper)
+    if rule is None:
+        return
+    current = state.key[2] if state.key else None
+    attribute = rule.attribute if isinstance(rule, KeyRule) else rule.relationship.key
+    history = state.attrs[attribute].history
+    if not history.added or history.unchanged:
+        return
+    new_value = history.added[0]
+    if isinstance(rule, KeyRule):
+        target = rule.shard_for_value(new_value)
+    elif new_value is None:
+        raise MissingParentError(
+            f"{rule.name}.{attribute} was set to None; a {rule.name} must keep a parent to stay on "
+            "its shard (delete it instead)",
+            model=rule.name,
+            relationship=attribute,
+        )
+    else:
+        parent_state = inspect(new_value)
+        target = parent_state.key[2] if parent_state.key else session._place(parent_state).shards[0]
+    if target != current:
+        old = history.deleted[0] if history.deleted else "<unloaded>"
+        raise ShardKeyChangeError(
+            f"{rule.name}.{attribute} changed from {old!r} to {new_value!r}, which moves the row "
+            f"from shard {current!r} to {target!r}; moving rows between shards is not supported "
+            "yet (delete the row and insert a new one)",
+            model=rule.name,
+            attribute=attribute,
+            value=new_value,
+        )

@@ -1,0 +1,432 @@
+"""Shard maps: which shards exist and where each one lives.
+
+Three placements, all first-class:
+
+``database``
+    every shard is its own database or server, with its own engine
+    (any SQLAlchemy URL, or an :class:`~sqlalchemy.engine.Engine`).
+``schema``
+    shards are schemas of one database: PostgreSQL schemas, MariaDB/MySQL
+    databases, or SQLite files ATTACHed to the main one.  Routing uses
+    SQLAlchemy's ``schema_translate_map``.
+``tables``
+    shards are sets of tables inside one database, named by a convention
+    (``{shard}_{table}`` by default: ``asia_weather_locations``).  Names are
+    rewritten when SQL is compiled, never by editing SQL text.
+
+Example::
+
+    shard_map = ShardMap.tables(
+        "sqlite:///weather.db", ["north_america", "asia", "europe", "south_america"]
+    )
+    shard_map.create_all(Base.metadata)
+    Session = shard_map.sessionmaker()
+
+Every table of a sharded model exists once per shard.  In the ``tables``
+placement other tables exist once in the database; in the ``schema`` and
+``database`` placements every shard has its own copy of every table.
+
+On SQLite, shards that share one database file (``tables`` and ``schema``
+placements) also share one connection per thread, so a session writing to
+several of them works inside one SQLite transaction instead of waiting on
+the file's write lock.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import MetaData, create_engine, event, inspect, text
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.pool import SingletonThreadPool
+
+from . import _naming
+from .errors import ShardMapError, UnknownShardError
+from .inspection import SHARD_OPTION
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import sessionmaker as SessionMakerType
+
+    from .session import ShardedSession
+
+PLACEMENTS = ("database", "schema", "tables")
+
+
+def _engine_for(
+    url_or_engine: str | URL | Engine, shared_file: bool, options: dict[str, Any]
+) -> Engine:
+    """Build an engine (sync, or the sync facade of an async one)."""
+    if isinstance(url_or_engine, Engine):
+        return url_or_engine
+    try:
+        url = make_url(url_or_engine)
+    except Exception as error:  # SQLAlchemy raises ArgumentError for a bad URL
+        raise ShardMapError(f"invalid database URL {url_or_engine!r}: {error}") from None
+    options = dict(options)
+    if shared_file and url.get_backend_name() == "sqlite":
+        # one connection per thread, shared by every shard in this file
+        options.setdefault("poolclass", SingletonThreadPool)
+    if url.get_dialect().is_async:
+        from sqlalchemy.ext.asyncio import create_async_engine
+
+        return create_async_engine(url, **options).sync_engine
+    return create_engine(url, **options)
+
+
+def _check_names(names: Iterable[str], what: str) -> tuple[str, ...]:
+    result = tuple(names)
+    if not result:
+        raise ShardMapError(f"a shard map needs at least one shard ({what})")
+    for name in result:
+        if not isinstance(name, str) or not name:
+            raise ShardMapError(f"shard names must be non-empty strings, got {name!r} ({what})")
+    duplicates = sorted({name for name in result if result.count(name) > 1})
+    if duplicates:
+        raise ShardMapError(f"shard names must be unique; repeated: {duplicates} ({what})")
+    return result
+
+
+class ShardMap:
+    """The shards of a sharded store and where each one lives.
+
+    Build one with :meth:`databases`, :meth:`schemas`, :meth:`tables` or
+    :meth:`from_config`; hand it to :class:`~shardalchemy.ShardedSession`
+    (``ShardedSession(shard_map=...)``) or use :meth:`sessionmaker`.
+    """
+
+    placement: str
+
+    def __init__(self, shard_names: Sequence[str]) -> None:
+        self.shard_names: tuple[str, ...] = _check_names(shard_names, self.placement)
+        self._binds: dict[str, Engine] = {}
+        self._lock = threading.RLock()
+
+    # -- construction ----------------------------------------------------
+    @staticmethod
+    def databases(shards: Mapping[str, str | URL | Engine], **engine_options: Any) -> ShardMap:
+        """A database (or server) per shard: ``{"asia": "postgresql+psycopg://.../asia", ...}``."""
+        return DatabaseShardMap(shards, **engine_options)
+
+    @staticmethod
+    def schemas(
+        url: str | URL | Engine,
+        shards: Sequence[str] | Mapping[str, str],
+        **engine_options: Any,
+    ) -> ShardMap:
+        """A schema per shard in one database; ``shards`` maps shard -> schema name."""
+        return SchemaShardMap(url, shards, **engine_options)
+
+    @staticmethod
+    def tables(
+        url: str | URL | Engine,
+        shards: Sequence[str],
+        *,
+        naming: str = "{shard}_{table}",
+        **engine_options: Any,
+    ) -> ShardMap:
+        """A set of tables per shard in one database, named by ``naming``."""
+        return TablesShardMap(url, shards, naming=naming, **engine_options)
+
+    @staticmethod
+    def from_config(config: Mapping[str, Any]) -> ShardMap:
+        """Build a shard map from plain data (e.g. parsed TOML/JSON).
+
+        Example::
+
+            ShardMap.from_config({"placement": "tables", "url": "sqlite:///w.db",
+                                  "shards": ["asia", "europe"]})
+        """
+        placement = config.get("placement")
+        options = dict(config.get("engine_options", {}))
+        known = {"placement", "url", "shards", "naming", "engine_options"}
+        unknown = sorted(set(config) - known)
+        if unknown:
+            raise ShardMapError(f"unknown shard map setting(s) {unknown}; known: {sorted(known)}")
+        if "shards" not in config:
+            raise ShardMapError("shard map config needs 'shards'")
+        if placement == "database":
+            return DatabaseShardMap(config["shards"], **options)
+        if "url" not in config:
+            raise ShardMapError(f"a {placement!r} shard map config needs 'url'")
+        if placement == "schema":
+            return SchemaShardMap(config["url"], config["shards"], **options)
+        if placement == "tables":
+            naming = config.get("naming", "{shard}_{table}")
+            return TablesShardMap(config["url"], config["shards"], naming=naming, **options)
+        raise ShardMapError(f"unknown placement {placement!r}; choose one of {PLACEMENTS}")
+
+    # -- engines -----------------------------------------------------------
+    def bind(self, shard: str) -> Engine:
+        """The engine that executes statements for ``shard``."""
+        bind = self._binds.get(shard)
+        if bind is None:
+            self.check_shard(shard, "ShardMap.bind()")
+            with self._lock:
+                bind = self._binds.get(shard)
+                if bind is None:
+                    bind = self._binds[shard] = self._make_bind(shard)
+        return bind
+
+    def binds(self) -> dict[str, Engine]:
+        """Every shard's engine, by shard name, in declaration order."""
+        return {name: self.bind(name) for name in self.shard_names}
+
+    def _make_bind(self, shard: str) -> Engine:
+        raise NotImplementedError
+
+    def check_shard(self, shard: Any, where: str) -> str:
+        """Return ``shard`` if the map defines it, else raise :class:`UnknownShardError`."""
+        if shard not in self.shard_names:
+            raise UnknownShardError(shard, self.shard_names, where)
+        return str(shard)
+
+    def location(self, shard: str) -> str:
+        """Where ``shard`` lives, in words (for ``explain`` and the demo)."""
+        raise NotImplementedError
+
+    def table_name(self, table: Any, shard: str) -> str:
+        """The name ``table`` has on ``shard`` (schema-qualified where relevant)."""
+        return str(table.name)
+
+    # -- schema management ----------------------------------------------
+    def create_all(self, metadata: MetaData) -> None:
+        """Create every table of ``metadata`` on every shard (and schemas); idempotent."""
+        for shard in self.shard_names:
+            self._prepare_shard(shard)
+            with self.bind(shard).begin() as connection:
+                metadata.create_all(connection, checkfirst=True)
+
+    def drop_all(self, metadata: MetaData) -> None:
+        """Drop every table of ``metadata`` on every shard; idempotent."""
+        for shard in self.shard_names:
+            with self.bind(shard).begin() as connection:
+                metadata.drop_all(connection, checkfirst=True)
+
+    def _prepare_shard(self, shard: str) -> None:
+        """Create whatever must exist before the shard's tables (a schema)."""
+
+    def dispose(self) -> None:
+        """Close every pooled connection of every shard's engine."""
+        seen: set[int] = set()
+        for bind in self._binds.values():
+            engine = getattr(bind, "_proxied", bind)
+            if id(engine) not in seen:
+                seen.add(id(engine))
+                engine.dispose()
+
+    # -- sessions ----------------------------------------------------------
+    def sessionmaker(self, **session_options: Any) -> SessionMakerType[ShardedSession]:
+        """A :class:`~sqlalchemy.orm.sessionmaker` of sessions over this shard map.
+
+        Example::
+
+            Session = shard_map.sessionmaker(expire_on_commit=False)
+            with Session() as session: ...
+        """
+        from sqlalchemy.orm import sessionmaker
+
+        from .session import ShardedSession
+
+        return sessionmaker(class_=ShardedSession, shard_map=self, **session_options)
+
+    def async_sessionmaker(self, **session_options: Any) -> Any:
+        """An :class:`~sqlalchemy.ext.asyncio.async_sessionmaker` over this shard map.
+
+        The shard map must have been built from async URLs
+        (``sqlite+aiosqlite``, ``postgresql+asyncpg``, ...).
+        """
+        from sqlalchemy.ext.asyncio import async_sessionmaker
+
+        from .session import ShardedSession
+
+        return async_sessionmaker(
+            sync_session_class=ShardedSession, shard_map=self, **session_options
+        )
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.placement} shards={list(self.shard_names)}>"
+
+
+class DatabaseShardMap(ShardMap):
+    """A database per shard. See :meth:`ShardMap.databases`."""
+
+    placement = "database"
+
+    def __init__(self, shards: Mapping[str, str | URL | Engine], **engine_options: Any) -> None:
+        if not isinstance(shards, Mapping):
+            raise ShardMapError(
+                "ShardMap.databases() needs a mapping of shard name -> URL or Engine"
+            )
+        super().__init__(list(shards))
+        self._targets = dict(shards)
+        self._engine_options = engine_options
+
+    def _make_bind(self, shard: str) -> Engine:
+        engine = _engine_for(self._targets[shard], False, self._engine_options)
+        return engine.execution_options(**{SHARD_OPTION: shard})
+
+    def location(self, shard: str) -> str:
+        return f"database {self.bind(shard).url.render_as_string(hide_password=True)}"
+
+
+class _OneDatabaseShardMap(ShardMap):
+    """Shared machinery of the placements that keep every shard in one database."""
+
+    def __init__(
+        self, url: str | URL | Engine, shard_names: Sequence[str], **engine_options: Any
+    ) -> None:
+        super().__init__(shard_names)
+        self._url = url
+        self._engine_options = engine_options
+        self._engine: Engine | None = None
+
+    @property
+    def engine(self) -> Engine:
+        """The one engine (and pool) of the database that holds every shard."""
+        if self._engine is None:
+            with self._lock:
+                if self._engine is None:
+                    engine = _engine_for(self._url, True, self._engine_options)
+                    self._setup_engine(engine)
+                    self._engine = engine
+        return self._engine
+
+    def _setup_engine(self, engine: Engine) -> None:
+        """Install connect-time hooks on the shared engine."""
+
+    def dispose(self) -> None:
+        super().dispose()
+        if self._engine is not None:
+            self._engine.dispose()
+
+
+class SchemaShardMap(_OneDatabaseShardMap):
+    """A schema per shard in one database. See :meth:`ShardMap.schemas`."""
+
+    placement = "schema"
+
+    def __init__(
+        self,
+        url: str | URL | Engine,
+        shards: Sequence[str] | Mapping[str, str],
+        **engine_options: Any,
+    ) -> None:
+        schemas = dict(shards) if isinstance(shards, Mapping) else {name: name for name in shards}
+        super().__init__(url, list(schemas), **engine_options)
+        for shard, schema in schemas.items():
+            if not isinstance(schema, str) or not schema or "[" in schema or "]" in schema:
+                raise ShardMapError(f"shard {shard!r}: invalid schema name {schema!r}")
+        self.schemas = schemas
+
+    def _setup_engine(self, engine: Engine) -> None:
+        if engine.dialect.name != "sqlite":
+            return
+        database = engine.url.database
+        files = {
+            schema: (
+                ":memory:"
+                if not database or database == ":memory:"
+                else str(Path(database).with_suffix(f".{schema}{Path(database).suffix or '.db'}"))
+            )
+            for schema in self.schemas.values()
+        }
+        self.sqlite_files = files
+
+        @event.listens_for(engine, "connect")
+        def attach_shard_files(dbapi_connection: Any, record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            for schema, path in files.items():
+                cursor.execute(f'ATTACH DATABASE ? AS "{schema}"', (path,))
+            cursor.close()
+
+    def _make_bind(self, shard: str) -> Engine:
+        return self.engine.execution_options(
+            schema_translate_map={None: self.schemas[shard]}, **{SHARD_OPTION: shard}
+        )
+
+    def _prepare_shard(self, shard: str) -> None:
+        schema = self.schemas[shard]
+        dialect = self.engine.dialect.name
+        if dialect == "sqlite":
+            return  # ATTACH created the file
+        quoted = self.engine.dialect.identifier_preparer.quote_schema(schema)
+        statement = "DATABASE" if dialect in ("mysql", "mariadb") else "SCHEMA"
+        with self.engine.begin() as connection:
+            connection.execute(text(f"CREATE {statement} IF NOT EXISTS {quoted}"))
+
+    def location(self, shard: str) -> str:
+        return f"schema {self.schemas[shard]!r}"
+
+    def table_name(self, table: Any, shard: str) -> str:
+        return f"{self.schemas[shard]}.{table.name}"
+
+
+class TablesShardMap(_OneDatabaseShardMap):
+    """A set of tables per shard in one database. See :meth:`ShardMap.tables`."""
+
+    placement = "tables"
+
+    def __init__(
+        self,
+        url: str | URL | Engine,
+        shards: Sequence[str],
+        *,
+        naming: str = "{shard}_{table}",
+        **engine_options: Any,
+    ) -> None:
+        if isinstance(shards, Mapping | str):
+            raise ShardMapError("ShardMap.tables() needs a sequence of shard names")
+        super().__init__(url, shards, **engine_options)
+        try:
+            sample = naming.format(shard="s", table="t")
+        except (KeyError, IndexError, ValueError) as error:
+            raise ShardMapError(
+                f"table naming {naming!r} may only use {{shard}} and {{table}}: {error}"
+            ) from None
+        if "{shard}" not in naming or "{table}" not in naming or not sample:
+            raise ShardMapError(f"table naming {naming!r} must contain {{shard}} and {{table}}")
+        self.naming = naming
+
+    def _make_bind(self, shard: str) -> Engine:
+        engine = self.engine
+        # the dialect learns server facts on first connect; connect once so
+        # the per-shard copies made below carry them
+        with engine.connect():
+            pass
+        bind = engine.execution_options(**{SHARD_OPTION: shard})
+        bind.dialect = _naming.shard_dialect(engine, shard, self.naming)
+        return bind
+
+    def create_all(self, metadata: MetaData) -> None:
+        # ``checkfirst`` would look for the unprefixed name, so look ourselves
+        for shard in self.shard_names:
+            bind = self.bind(shard)
+            with bind.begin() as connection:
+                existing = set(inspect(connection).get_table_names())
+                missing = [
+                    table
+                    for table in metadata.sorted_tables
+                    if self.table_name(table, shard) not in existing
+                ]
+                metadata.create_all(connection, tables=missing, checkfirst=False)
+
+    def drop_all(self, metadata: MetaData) -> None:
+        for shard in self.shard_names:
+            bind = self.bind(shard)
+            with bind.begin() as connection:
+                existing = set(inspect(connection).get_table_names())
+                present = [
+                    table
+                    for table in metadata.sorted_tables
+                    if self.table_name(table, shard) in existing
+                ]
+                metadata.drop_all(connection, tables=present, checkfirst=False)
+
+    def location(self, shard: str) -> str:
+        return f"tables named {self.naming.format(shard=shard, table='<table>')!r}"
+
+    def table_name(self, table: Any, shard: str) -> str:
+        return _naming.physical_table_name(table, shard, self.naming)
