@@ -1,0 +1,164 @@
+"""The ``shardalchemy`` command.
+
+``shardalchemy demo`` runs the weather scenario on embedded SQLite (no server
+needed) and prints, step by step, which shards each statement touched and why.
+``--placement`` and ``--url`` run the same scenario on PostgreSQL or MariaDB::
+
+    shardalchemy demo
+    shardalchemy demo --placement schema --url postgresql+psycopg://postgres@127.0.0.1/demo
+    shardalchemy demo --placement database \\
+        --url 'mysql+pymysql://root@127.0.0.1/weather_{shard}'
+
+Exits 0 when every check passes, 1 when one fails, 2 on bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from . import demo
+from .errors import ShardingError
+from .shardmap import ShardMap
+
+
+def _ensure_server_database(url: str) -> None:
+    """Create the database of a PostgreSQL/MariaDB URL if it does not exist."""
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    name = parsed.database
+    if backend == "sqlite" or not name:
+        return
+    admin_db = "postgres" if backend == "postgresql" else None
+    # URL.set() ignores None, so replace the field to connect without a database
+    engine = create_engine(parsed._replace(database=admin_db), isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as connection:
+            quoted = engine.dialect.identifier_preparer.quote(name)
+            if backend == "postgresql":
+                exists = connection.scalar(
+                    text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": name}
+                )
+                if not exists:
+                    connection.execute(text(f"CREATE DATABASE {quoted}"))
+            else:
+                connection.execute(text(f"CREATE DATABASE IF NOT EXISTS {quoted}"))
+    finally:
+        engine.dispose()
+
+
+def build_demo_shard_map(placement: str, url: str | None, workdir: Path) -> ShardMap:
+    """The demo's shard map for a placement, on ``url`` or on SQLite files in ``workdir``."""
+    if placement == "database":
+        template = url or f"sqlite:///{workdir / 'weather_{shard}.db'}"
+        if "{shard}" not in template:
+            raise ShardingError(
+                "--placement database needs one database per shard: put {shard} in the URL, "
+                "e.g. postgresql+psycopg://user@host/weather_{shard}"
+            )
+        urls = {shard: template.format(shard=shard) for shard in demo.SHARDS}
+        for shard_url in urls.values():
+            _ensure_server_database(shard_url)
+        return ShardMap.databases(urls)
+    url = url or f"sqlite:///{workdir / 'weather.db'}"
+    if placement == "schema":
+        return ShardMap.schemas(url, demo.SHARDS)
+    return ShardMap.tables(url, demo.SHARDS)
+
+
+def _render_step(console: Console, number: int, step: demo.Step) -> None:
+    table = Table(title=f"Step {number}: {step.title}", title_justify="left", expand=True)
+    table.add_column("statement", style="cyan", no_wrap=True)
+    table.add_column("shards", style="magenta")
+    table.add_column("why")
+    for touch in step.touches:
+        table.add_row(touch.statement, ", ".join(touch.shards), touch.reason)
+    console.print(table)
+    if step.sql_counts:
+        sent = ", ".join(f"{shard} x{count}" for shard, count in step.sql_counts.items())
+        console.print(Text(f"  SQL sent: {sent}", style="dim"))
+    for check in step.checks:
+        mark = (
+            Text("  PASS ", style="bold green")
+            if check.passed
+            else Text("  FAIL ", style="bold red")
+        )
+        line = mark + Text(check.description)
+        if check.detail and not check.passed:
+            line += Text(f"  (got {check.detail})", style="red")
+        console.print(line)
+    console.print()
+
+
+def run_demo(args: argparse.Namespace, console: Console) -> int:
+    """Run the weather scenario and print it; the process exit code."""
+    with tempfile.TemporaryDirectory(prefix="shardalchemy-demo-") as workdir:
+        shard_map = build_demo_shard_map(args.placement, args.url, Path(workdir))
+        console.print(
+            f"[bold]shardalchemy demo[/bold]: {len(shard_map.shard_names)} shards, "
+            f"placement [bold]{shard_map.placement}[/bold]"
+        )
+        for shard in shard_map.shard_names:
+            console.print(f"  {shard}: {shard_map.location(shard)}")
+        console.print()
+        counter = iter(range(1, 1000))
+        try:
+            steps = demo.run(
+                shard_map, on_step=lambda step: _render_step(console, next(counter), step)
+            )
+            if not args.keep:
+                shard_map.drop_all(demo.Base.metadata)
+        finally:
+            shard_map.dispose()
+    failed = [check for step in steps for check in step.checks if not check.passed]
+    total = sum(len(step.checks) for step in steps)
+    if failed:
+        console.print(f"[bold red]{len(failed)} of {total} checks failed[/bold red]")
+        return 1
+    console.print(f"[bold green]all {total} checks passed[/bold green]")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``shardalchemy`` command."""
+    parser = argparse.ArgumentParser(prog="shardalchemy", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    demo_parser = commands.add_parser("demo", help="run the weather sharding scenario")
+    demo_parser.add_argument(
+        "--placement",
+        choices=["tables", "schema", "database"],
+        default="tables",
+        help="where shards live (default: tables, in one SQLite file)",
+    )
+    demo_parser.add_argument(
+        "--url",
+        help="database URL (default: a temporary SQLite file); with --placement database "
+        "it must contain {shard}",
+    )
+    demo_parser.add_argument(
+        "--keep", action="store_true", help="leave the demo's tables and rows in place"
+    )
+    args = parser.parse_args(argv)
+    console = Console()
+    try:
+        return run_demo(args, console)
+    except ShardingError as error:
+        console.print(f"[bold red]error:[/bold red] {error}")
+        return 2
+    except SQLAlchemyError as error:
+        console.print(f"[bold red]database error:[/bold red] {error}")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
