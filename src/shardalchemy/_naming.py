@@ -82,18 +82,30 @@ def _naming_preparer_class(base: type) -> type:
 def shard_dialect(engine: Engine, shard_name: str, naming: str) -> Dialect:
     """A copy of ``engine``'s dialect that renders shard-scoped names for ``shard_name``.
 
-    The engine must have connected once, so the copy carries the server facts
-    that the dialect learns on first connect.
+    Call :func:`refresh_shard_dialect` after the engine's first connect, when
+    the dialect has learned the server's facts (version, quoting).
     """
     dialect = copy.copy(engine.dialect)
-    preparer = copy.copy(engine.dialect.identifier_preparer)
-    preparer.__class__ = _naming_preparer_class(type(engine.dialect.identifier_preparer))
+    _install_preparer(dialect, engine.dialect, shard_name, naming)
+    return dialect
+
+
+def refresh_shard_dialect(dialect: Dialect, base: Dialect) -> None:
+    """Bring a shard's dialect copy up to date with ``base`` after it initialized."""
+    preparer: Any = dialect.identifier_preparer
+    shard_name, naming = preparer.shard_name, preparer.naming
+    dialect.__dict__.update(base.__dict__)
+    _install_preparer(dialect, base, shard_name, naming)
+
+
+def _install_preparer(dialect: Dialect, base: Dialect, shard_name: str, naming: str) -> None:
+    preparer: Any = copy.copy(base.identifier_preparer)
+    preparer.__class__ = _naming_preparer_class(type(base.identifier_preparer))
     preparer.dialect = dialect
     preparer._strings = {}  # its quoting cache is keyed by plain strings
-    preparer.shard_name = shard_name  # type: ignore[attr-defined]
-    preparer.naming = naming  # type: ignore[attr-defined]
+    preparer.shard_name = shard_name
+    preparer.naming = naming
     dialect.identifier_preparer = preparer
-    return dialect
 
 
 def physical_table_name(table: Table, shard_name: str, naming: str) -> str:

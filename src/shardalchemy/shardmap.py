@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import MetaData, create_engine, event, inspect, text
-from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.pool import SingletonThreadPool
 
 from . import _naming
@@ -195,18 +195,36 @@ class ShardMap:
     def create_all(self, metadata: MetaData) -> None:
         """Create every table of ``metadata`` on every shard (and schemas); idempotent."""
         for shard in self.shard_names:
-            self._prepare_shard(shard)
             with self.bind(shard).begin() as connection:
-                metadata.create_all(connection, checkfirst=True)
+                self._create_tables(connection, shard, metadata)
 
     def drop_all(self, metadata: MetaData) -> None:
         """Drop every table of ``metadata`` on every shard; idempotent."""
         for shard in self.shard_names:
             with self.bind(shard).begin() as connection:
-                metadata.drop_all(connection, checkfirst=True)
+                self._drop_tables(connection, shard, metadata)
 
-    def _prepare_shard(self, shard: str) -> None:
-        """Create whatever must exist before the shard's tables (a schema)."""
+    async def create_all_async(self, metadata: MetaData) -> None:
+        """:meth:`create_all` for a shard map built from async URLs."""
+        from sqlalchemy.ext.asyncio import AsyncEngine
+
+        for shard in self.shard_names:
+            async with AsyncEngine(self.bind(shard)).begin() as connection:
+                await connection.run_sync(self._create_tables, shard, metadata)
+
+    async def drop_all_async(self, metadata: MetaData) -> None:
+        """:meth:`drop_all` for a shard map built from async URLs."""
+        from sqlalchemy.ext.asyncio import AsyncEngine
+
+        for shard in self.shard_names:
+            async with AsyncEngine(self.bind(shard)).begin() as connection:
+                await connection.run_sync(self._drop_tables, shard, metadata)
+
+    def _create_tables(self, connection: Connection, shard: str, metadata: MetaData) -> None:
+        metadata.create_all(connection, checkfirst=True)
+
+    def _drop_tables(self, connection: Connection, shard: str, metadata: MetaData) -> None:
+        metadata.drop_all(connection, checkfirst=True)
 
     def dispose(self) -> None:
         """Close every pooled connection of every shard's engine."""
@@ -347,15 +365,13 @@ class SchemaShardMap(_OneDatabaseShardMap):
             schema_translate_map={None: self.schemas[shard]}, **{SHARD_OPTION: shard}
         )
 
-    def _prepare_shard(self, shard: str) -> None:
-        schema = self.schemas[shard]
-        dialect = self.engine.dialect.name
-        if dialect == "sqlite":
-            return  # ATTACH created the file
-        quoted = self.engine.dialect.identifier_preparer.quote_schema(schema)
-        statement = "DATABASE" if dialect in ("mysql", "mariadb") else "SCHEMA"
-        with self.engine.begin() as connection:
-            connection.execute(text(f"CREATE {statement} IF NOT EXISTS {quoted}"))
+    def _create_tables(self, connection: Connection, shard: str, metadata: MetaData) -> None:
+        dialect = connection.dialect.name
+        if dialect != "sqlite":  # on SQLite, ATTACH created the schema's file
+            quoted = connection.dialect.identifier_preparer.quote_schema(self.schemas[shard])
+            kind = "DATABASE" if dialect in ("mysql", "mariadb") else "SCHEMA"
+            connection.execute(text(f"CREATE {kind} IF NOT EXISTS {quoted}"))
+        super()._create_tables(connection, shard, metadata)
 
     def location(self, shard: str) -> str:
         return f"schema {self.schemas[shard]!r}"
@@ -390,40 +406,36 @@ class TablesShardMap(_OneDatabaseShardMap):
             raise ShardMapError(f"table naming {naming!r} must contain {{shard}} and {{table}}")
         self.naming = naming
 
+    def _setup_engine(self, engine: Engine) -> None:
+        # The dialect learns server facts (version, quoting) in SQLAlchemy's
+        # own "connect" listener on the first connection; this one is
+        # registered later, so it runs after it and refreshes the copies.
+        initialized = False
+
+        @event.listens_for(engine, "connect")
+        def refresh_shard_dialects(dbapi_connection: Any, record: Any) -> None:
+            nonlocal initialized
+            if not initialized:
+                for bind in list(self._binds.values()):
+                    _naming.refresh_shard_dialect(bind.dialect, engine.dialect)
+                initialized = True
+
     def _make_bind(self, shard: str) -> Engine:
         engine = self.engine
-        # the dialect learns server facts on first connect; connect once so
-        # the per-shard copies made below carry them
-        with engine.connect():
-            pass
         bind = engine.execution_options(**{SHARD_OPTION: shard})
         bind.dialect = _naming.shard_dialect(engine, shard, self.naming)
         return bind
 
-    def create_all(self, metadata: MetaData) -> None:
-        # ``checkfirst`` would look for the unprefixed name, so look ourselves
-        for shard in self.shard_names:
-            bind = self.bind(shard)
-            with bind.begin() as connection:
-                existing = set(inspect(connection).get_table_names())
-                missing = [
-                    table
-                    for table in metadata.sorted_tables
-                    if self.table_name(table, shard) not in existing
-                ]
-                metadata.create_all(connection, tables=missing, checkfirst=False)
+    # ``checkfirst`` would look for the unprefixed names, so look ourselves
+    def _create_tables(self, connection: Connection, shard: str, metadata: MetaData) -> None:
+        existing = set(inspect(connection).get_table_names())
+        missing = [t for t in metadata.sorted_tables if self.table_name(t, shard) not in existing]
+        metadata.create_all(connection, tables=missing, checkfirst=False)
 
-    def drop_all(self, metadata: MetaData) -> None:
-        for shard in self.shard_names:
-            bind = self.bind(shard)
-            with bind.begin() as connection:
-                existing = set(inspect(connection).get_table_names())
-                present = [
-                    table
-                    for table in metadata.sorted_tables
-                    if self.table_name(table, shard) in existing
-                ]
-                metadata.drop_all(connection, tables=present, checkfirst=False)
+    def _drop_tables(self, connection: Connection, shard: str, metadata: MetaData) -> None:
+        existing = set(inspect(connection).get_table_names())
+        present = [t for t in metadata.sorted_tables if self.table_name(t, shard) in existing]
+        metadata.drop_all(connection, tables=present, checkfirst=False)
 
     def location(self, shard: str) -> str:
         return f"tables named {self.naming.format(shard=shard, table='<table>')!r}"
