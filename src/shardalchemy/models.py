@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Callable, Hashable, Mapping
+import weakref
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any
 
 from sqlalchemy import Column, Table, event
@@ -142,11 +143,20 @@ def declaration_for(mapper: Mapper[Any]) -> Declaration | None:
     return declaration
 
 
+_SHARDED_MAPPERS: weakref.WeakKeyDictionary[Table, Mapper[Any]] = weakref.WeakKeyDictionary()
+
+
 @event.listens_for(Mapper, "after_mapper_constructed")
 def _scope_sharded_tables(mapper: Mapper[Any], class_: type) -> None:
     # the table-name markers must be in place before anything compiles
     if "__sharding__" in vars(class_) and isinstance(mapper.local_table, Table):
         _naming.scope_table_names(mapper.local_table)
+        _SHARDED_MAPPERS[mapper.local_table] = mapper
+
+
+def sharded_mappers(tables: Iterable[Table]) -> list[Mapper[Any]]:
+    """The mappers of the sharded models mapped to ``tables``."""
+    return [_SHARDED_MAPPERS[t] for t in tables if t in _SHARDED_MAPPERS]
 
 
 # -- resolved rules -------------------------------------------------------
@@ -230,12 +240,25 @@ class RuleBook:
             self._by_table.setdefault(rule.table, rule)
         return rule
 
+    def check(self, metadata: Any) -> list[Rule]:
+        """Resolve the rules of every sharded model and table in ``metadata``.
+
+        Raises the first configuration error (a strategy naming an unknown
+        shard, a follower of an unsharded parent, ...) instead of at first use.
+        """
+        rules = [self.for_mapper(mapper) for mapper in sharded_mappers(metadata.tables.values())]
+        rules += [self.for_table(table) for table in metadata.tables.values()]
+        return [rule for rule in rules if rule is not None]
+
     def for_table(self, table: Any) -> Rule | None:
         """The rule of a Core table, or of the model mapped to it."""
         try:
             return self._by_table[table]
         except (KeyError, TypeError):
             pass
+        mapper = _SHARDED_MAPPERS.get(table) if isinstance(table, Table) else None
+        if mapper is not None:
+            return self.for_mapper(mapper)
         rule: Rule | None = None
         declaration = getattr(table, "info", {}).get(_INFO_KEY)
         if isinstance(declaration, ShardKey):

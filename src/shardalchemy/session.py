@@ -119,7 +119,7 @@ class ShardedSession(horizontal_shard.ShardedSession):
         if shard_map is not None:
             if not isinstance(shard_map, ShardMap):
                 raise ShardMapError(f"shard_map must be a shardalchemy.ShardMap, not {shard_map!r}")
-            self.rules = _rulebook(shard_map)
+            self.rules = shard_map.rules
             binds: dict[str, Any] = shard_map.binds()
             for name, bind in (shards or {}).items():
                 binds[shard_map.check_shard(name, "ShardedSession(shards=...)")] = bind
@@ -336,14 +336,6 @@ class ShardedSession(horizontal_shard.ShardedSession):
         return route_statement(
             orm_context.statement, orm_context.parameters, self.rules, self._shard_names
         )
-
-
-def _rulebook(shard_map: ShardMap) -> RuleBook:
-    rules = getattr(shard_map, "_rulebook", None)
-    if rules is None:
-        rules = RuleBook(shard_map.shard_names)
-        shard_map._rulebook = rules  # type: ignore[attr-defined]
-    return rules
 
 
 def _colocated(

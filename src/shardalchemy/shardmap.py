@@ -46,6 +46,7 @@ from sqlalchemy.pool import SingletonThreadPool
 from . import _naming
 from .errors import ShardMapError, UnknownShardError
 from .inspection import SHARD_OPTION
+from .models import RuleBook
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import sessionmaker as SessionMakerType
@@ -103,6 +104,8 @@ class ShardMap:
         self.shard_names: tuple[str, ...] = _check_names(shard_names, self.placement)
         self._binds: dict[str, Engine] = {}
         self._lock = threading.RLock()
+        self.rules = RuleBook(self.shard_names)
+        """The resolved sharding rules of models and tables, checked against this map."""
 
     # -- construction ----------------------------------------------------
     @staticmethod
@@ -192,8 +195,18 @@ class ShardMap:
         return str(table.name)
 
     # -- schema management ----------------------------------------------
+    def check(self, metadata: MetaData) -> None:
+        """Check the sharding of every model and table in ``metadata`` against this map.
+
+        Raises :class:`~shardalchemy.ModelConfigurationError` or
+        :class:`~shardalchemy.UnknownShardError` now rather than at first use.
+        :meth:`create_all` calls it first.
+        """
+        self.rules.check(metadata)
+
     def create_all(self, metadata: MetaData) -> None:
         """Create every table of ``metadata`` on every shard (and schemas); idempotent."""
+        self.check(metadata)
         for shard in self.shard_names:
             with self.bind(shard).begin() as connection:
                 self._create_tables(connection, shard, metadata)
@@ -208,6 +221,7 @@ class ShardMap:
         """:meth:`create_all` for a shard map built from async URLs."""
         from sqlalchemy.ext.asyncio import AsyncEngine
 
+        self.check(metadata)
         for shard in self.shard_names:
             async with AsyncEngine(self.bind(shard)).begin() as connection:
                 await connection.run_sync(self._create_tables, shard, metadata)
