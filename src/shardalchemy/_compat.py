@@ -49,8 +49,8 @@ def lazy_loaded_from(orm_context: ORMExecuteState) -> Any:
     return None
 
 
-def dml_assigned_columns(statement: Any) -> list[Any]:
-    """The columns an UPDATE statement's ``.values()`` assigns (keys may be strings)."""
+def dml_assignments(statement: Any) -> list[tuple[Any, Any]]:
+    """(column or key, value) pairs an UPDATE statement's ``.values()`` assigns."""
     values = getattr(statement, "_values", None) or {}
     ordered = getattr(statement, "_ordered_values", None) or ()
-    return [key for key in values] + [key for key, _ in ordered]
+    return [*values.items(), *ordered]

@@ -48,8 +48,9 @@ def scope_table_names(table: Table) -> None:
     dialects render a :class:`ShardScopedName` exactly like the plain name.
     """
     if not isinstance(table.name, ShardScopedName):
-        table.name = ShardScopedName(table.name, table.name.quote)
-    for item in (*table.indexes, *table.constraints):
+        table.name = ShardScopedName(table.name, getattr(table.name, "quote", None))
+    items: list[Any] = [*table.indexes, *table.constraints]
+    for item in items:
         name = item.name
         if isinstance(name, str) and not isinstance(name, ShardScopedName):
             # a name made by a naming convention is final already, so dropping
@@ -68,7 +69,8 @@ class _ShardNamingPreparer:
             ident = quoted_name(
                 self.naming.format(shard=self.shard_name, table=str(ident)), ident.quote
             )
-        return super().quote(ident, *args, **kw)  # type: ignore[misc]
+        quoted: str = super().quote(ident, *args, **kw)  # type: ignore[misc]
+        return quoted
 
 
 def _naming_preparer_class(base: type) -> type:

@@ -209,11 +209,13 @@ def run(shard_map: ShardMap, *, on_step: Callable[[Step], None] | None = None) -
         log.clear()
         with session.recording_routes() as routes:
             found = session.scalars(select(WeatherLocation).options(set_shard_id("north_america")))
-            names = {c.city for c in found}
+            north_american = {c.city for c in found}
         step.touches = _touches(routes)
         step.sql_counts = dict(log.counts())
         step.check(
-            "only the North American cities", names == {"New York", "Toronto"}, sorted(names)
+            "only the North American cities",
+            north_american == {"New York", "Toronto"},
+            sorted(north_american),
         )
         finish(step)
 
@@ -223,11 +225,13 @@ def run(shard_map: ShardMap, *, on_step: Callable[[Step], None] | None = None) -
             found = session.scalars(
                 select(WeatherLocation).where(WeatherLocation.continent.in_(["Europe", "Asia"]))
             )
-            names = {c.city for c in found}
+            asian_and_european = {c.city for c in found}
         step.touches = _touches(routes)
         step.sql_counts = dict(log.counts())
         step.check(
-            "London, Dublin and Tokyo", names == {"London", "Dublin", "Tokyo"}, sorted(names)
+            "London, Dublin and Tokyo",
+            asian_and_european == {"London", "Dublin", "Tokyo"},
+            sorted(asian_and_european),
         )
         step.check(
             "only the asia and europe shards were queried",

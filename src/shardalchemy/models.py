@@ -28,12 +28,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import weakref
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from sqlalchemy import Column, Table, event
+from sqlalchemy import Column, ColumnElement, FromClause, Table, event
 from sqlalchemy.orm import Mapper, RelationshipProperty
-from sqlalchemy.orm.interfaces import MANYTOONE
+from sqlalchemy.orm.interfaces import MANYTOMANY, MANYTOONE, ONETOMANY
 
 from . import _naming
 from .errors import (
@@ -45,6 +45,7 @@ from .errors import (
 from .strategies import Strategy, as_strategy
 
 _INFO_KEY = "shardalchemy.sharding"
+_DIRECTION_WORDS = {ONETOMANY: "one-to-many", MANYTOMANY: "many-to-many", MANYTOONE: "many-to-one"}
 
 
 @dataclasses.dataclass(frozen=True, init=False)
@@ -65,7 +66,7 @@ class ShardKey:
     def __init__(
         self,
         attribute: str,
-        strategy: Strategy | Mapping[Hashable, str] | Callable[[Any], str | None],
+        strategy: Strategy | Mapping[Any, str] | Callable[[Any], str | None],
     ) -> None:
         if not isinstance(attribute, str) or not attribute:
             raise ModelConfigurationError(f"ShardKey needs an attribute name, not {attribute!r}")
@@ -135,7 +136,9 @@ def declaration_for(mapper: Mapper[Any]) -> Declaration | None:
             f"{owner.__name__}.__sharding__ must be a ShardKey or FollowParent, not {declaration!r}"
         )
     for other_owner, other in declarations[1:]:
-        if other != declaration and mapper.local_table is other_owner.__mapper__.local_table:
+        other_mapper = getattr(other_owner, "__mapper__", None)  # None for an unmapped mixin
+        other_table = getattr(other_mapper, "local_table", None)
+        if other != declaration and mapper.local_table is other_table:
             raise ModelConfigurationError(
                 f"{owner.__name__} declares {declaration!r} but its base {other_owner.__name__} "
                 f"declares {other!r} for the same table; a table has one shard key"
@@ -143,20 +146,23 @@ def declaration_for(mapper: Mapper[Any]) -> Declaration | None:
     return declaration
 
 
-_SHARDED_MAPPERS: weakref.WeakKeyDictionary[Table, Mapper[Any]] = weakref.WeakKeyDictionary()
+# table -> the sharded mappers of that table, base first (single-table
+# inheritance maps several classes to one table)
+_SHARDED_MAPPERS: weakref.WeakKeyDictionary[Table, list[Mapper[Any]]] = weakref.WeakKeyDictionary()
 
 
 @event.listens_for(Mapper, "after_mapper_constructed")
 def _scope_sharded_tables(mapper: Mapper[Any], class_: type) -> None:
     # the table-name markers must be in place before anything compiles
-    if "__sharding__" in vars(class_) and isinstance(mapper.local_table, Table):
+    declared = any(vars(klass).get("__sharding__") is not None for klass in class_.__mro__)
+    if declared and isinstance(mapper.local_table, Table):
         _naming.scope_table_names(mapper.local_table)
-        _SHARDED_MAPPERS[mapper.local_table] = mapper
+        _SHARDED_MAPPERS.setdefault(mapper.local_table, []).append(mapper)
 
 
 def sharded_mappers(tables: Iterable[Table]) -> list[Mapper[Any]]:
     """The mappers of the sharded models mapped to ``tables``."""
-    return [_SHARDED_MAPPERS[t] for t in tables if t in _SHARDED_MAPPERS]
+    return [mapper for table in tables for mapper in _SHARDED_MAPPERS.get(table, ())]
 
 
 # -- resolved rules -------------------------------------------------------
@@ -167,8 +173,8 @@ class KeyRule:
     """A resolved :class:`ShardKey`: model or table, column, bound strategy."""
 
     name: str
-    table: Table
-    column: Column[Any]
+    table: FromClause
+    column: ColumnElement[Any]
     attribute: str
     strategy: Strategy
 
@@ -199,7 +205,7 @@ class FollowRule:
     """A resolved :class:`FollowParent`: the relationship and the parent's rule."""
 
     name: str
-    table: Table
+    table: FromClause
     relationship: RelationshipProperty[Any]
     parent: Rule
 
@@ -226,7 +232,7 @@ class RuleBook:
     def __init__(self, shard_names: tuple[str, ...]) -> None:
         self.shard_names = shard_names
         self._by_mapper: dict[Mapper[Any], Rule | None] = {}
-        self._by_table: dict[Table, Rule | None] = {}
+        self._by_table: dict[Any, Rule | None] = {}
 
     def for_mapper(self, mapper: Mapper[Any]) -> Rule | None:
         """The rule of ``mapper`` (``None`` if it is not sharded)."""
@@ -248,7 +254,7 @@ class RuleBook:
         """
         rules = [self.for_mapper(mapper) for mapper in sharded_mappers(metadata.tables.values())]
         rules += [self.for_table(table) for table in metadata.tables.values()]
-        return [rule for rule in rules if rule is not None]
+        return list(dict.fromkeys(rule for rule in rules if rule is not None))
 
     def for_table(self, table: Any) -> Rule | None:
         """The rule of a Core table, or of the model mapped to it."""
@@ -256,9 +262,9 @@ class RuleBook:
             return self._by_table[table]
         except (KeyError, TypeError):
             pass
-        mapper = _SHARDED_MAPPERS.get(table) if isinstance(table, Table) else None
-        if mapper is not None:
-            return self.for_mapper(mapper)
+        mappers = _SHARDED_MAPPERS.get(table) if isinstance(table, Table) else None
+        if mappers:
+            return self.for_mapper(mappers[0])
         rule: Rule | None = None
         declaration = getattr(table, "info", {}).get(_INFO_KEY)
         if isinstance(declaration, ShardKey):
@@ -287,7 +293,7 @@ class RuleBook:
         if relationship.direction is not MANYTOONE:
             raise ModelConfigurationError(
                 f"{name}.{declaration.relationship} must be a many-to-one relationship to the "
-                f"parent that {name} follows, not {relationship.direction.name.lower()}"
+                f"parent that {name} follows, not {_DIRECTION_WORDS[relationship.direction]}"
             )
         parent = self._resolve_mapper(relationship.mapper, (*seen, mapper))
         if parent is None:
@@ -304,10 +310,11 @@ class RuleBook:
         attribute = declaration.attribute
         if mapper is not None:
             prop = mapper.column_attrs.get(attribute)
-            if prop is None or len(prop.columns) != 1:
+            if prop is None or len(prop.columns) != 1 or not isinstance(prop.columns[0], Column):
                 raise ModelConfigurationError(
                     f"{name}.__sharding__ names shard key {attribute!r}, which is not a "
-                    f"column attribute of {name}"
+                    f"column of {name}'s table (a shard key is a stored column, not an "
+                    "expression or relationship)"
                 )
             column = prop.columns[0]
         else:

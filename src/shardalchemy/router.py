@@ -25,8 +25,14 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Column, Delete, Select, Table, Update
-from sqlalchemy.sql import operators
-from sqlalchemy.sql.elements import BinaryExpression, BindParameter, BooleanClauseList, Grouping
+from sqlalchemy.sql import operators, visitors
+from sqlalchemy.sql.elements import (
+    BinaryExpression,
+    BindParameter,
+    BooleanClauseList,
+    Grouping,
+    Label,
+)
 
 from ._compat import plain
 from .models import KeyRule, RuleBook
@@ -40,7 +46,7 @@ class Route:
     anywhere SQLAlchemy expects an ``execute_chooser`` result.
     """
 
-    shards: tuple[str, ...]
+    shards: tuple[Any, ...]  # shard names (drop-in choosers may use any hashable)
     reason: str
     statement: str = ""
 
@@ -76,17 +82,21 @@ def _bound_values(bind: BindParameter[Any], parameters: Mapping[str, Any]) -> An
 def _key_rules_for(column: Any, rules: RuleBook) -> list[KeyRule] | None:
     """The shard-key rules ``column`` is a projection of, or ``None`` if it is anything else.
 
-    Every base column the expression derives from must be a shard key: a
-    column of a UNION that mixes a shard key with another column proves nothing.
+    Every base the expression derives from must be a shard key: a column of a
+    UNION that mixes the shard key with another column or an expression
+    proves nothing.  Columns of subqueries and aliases are proxies whose own
+    bases are in the same proxy set, so they are passed over.
     """
     found: list[KeyRule] = []
     for base in column.proxy_set:
+        if isinstance(base, Label):
+            continue  # a renamed expression; what it renames is in the set too
         if not isinstance(base, Column):
-            continue
+            return None  # an expression: its values are not shard-key values
         base = plain(base)
         table = base.table
         if not isinstance(table, Table):
-            continue
+            continue  # a subquery's or alias's column; its bases are in the set
         rule = rules.for_table(plain(table))
         if not isinstance(rule, KeyRule) or plain(rule.column) is not base:
             return None
@@ -94,10 +104,41 @@ def _key_rules_for(column: Any, rules: RuleBook) -> list[KeyRule] | None:
     return found or None
 
 
-def _pinning(
-    clause: Any, parameters: Mapping[str, Any], rules: RuleBook
-) -> tuple[str, set[str]] | None:
-    """If ``clause`` pins the shard key to values, return (description, shards)."""
+def _python_type(rule: KeyRule) -> type | None:
+    try:
+        python_type: type = rule.column.type.python_type
+    except NotImplementedError:
+        return None
+    return python_type
+
+
+def _shard_of(rule: KeyRule, value: Any) -> tuple[str | None, str]:
+    """The shard of one compared value, or (None, why it cannot be pruned)."""
+    expected = _python_type(rule)
+    if expected is not None and not isinstance(value, expected):
+        # the database casts ("1" = 1); the strategy would not
+        return None, f"{value!r} is not a {expected.__name__} like the column"
+    try:
+        shard = rule.strategy.shard_for(value)
+    except Exception as error:  # a user strategy that fails must not break queries
+        return None, f"the strategy failed on {value!r} ({type(error).__name__})"
+    if shard is None:
+        # the database may still match it (collations, casts): no proof
+        return None, f"{value!r} is not mapped by the strategy"
+    return shard, ""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Pin:
+    """A shard-key predicate: the shards it allows, or ``None`` and why not."""
+
+    description: str
+    shards: frozenset[str] | None
+    unprunable: str = ""
+
+
+def _pinning(clause: Any, parameters: Mapping[str, Any], rules: RuleBook) -> _Pin | None:
+    """If ``clause`` compares the shard key with values, what it proves."""
     if not isinstance(clause, BinaryExpression):
         return None
     left, right, operator = clause.left, clause.right, clause.operator
@@ -110,41 +151,39 @@ def _pinning(
     key_rules = _key_rules_for(left, rules)
     if key_rules is None:
         return None
+    rule = key_rules[0]
     value = _bound_values(right, parameters)
     if value is _MISSING:
-        return None
+        return _Pin(f"{rule.name}.{rule.attribute}", None, "its value is not given")
     values = list(value) if operator is operators.in_op else [value]
+    shown = f"= {values[0]!r}" if operator is operators.eq else f"IN {tuple(values)!r}"
+    description = f"{rule.name}.{rule.attribute} {shown}"
     shards: set[str] = set()
-    for rule in key_rules:
+    for key_rule in key_rules:
         for item in values:
             if item is None:
                 continue  # "= NULL" / "IN (NULL)" matches no row
-            shard = rule.strategy.shard_for(item)
+            shard, why_not = _shard_of(key_rule, item)
             if shard is None:
-                # the database may compare differently (collations, casts):
-                # an unmapped value proves nothing, so do not prune on it
-                return None
+                return _Pin(description, None, why_not)
             shards.add(shard)
-    rule = key_rules[0]
-    shown = f"= {values[0]!r}" if operator is operators.eq else f"IN {tuple(values)!r}"
-    return f"{rule.name}.{rule.attribute} {shown}", shards
+    return _Pin(description, frozenset(shards))
 
 
 def statement_label(statement: Any) -> str:
-    """A short description of a statement: its kind and tables."""
-    kind = type(statement).__name__.upper()
-    if isinstance(statement, Select):
-        kind = "SELECT"
-    tables = sorted(
-        {
-            str(plain(t).name)
-            for t in getattr(statement, "get_final_froms", list)()
-            if hasattr(t, "name")
-        }
-    )
+    """A short description of a statement: its kind and the tables it reads or writes.
+
+    >>> statement_label(select(City).join(City.reports))
+    'SELECT cities, reports'
+    """
+    kind = "SELECT" if isinstance(statement, Select) else type(statement).__name__.upper()
     target = getattr(statement, "table", None)
-    if target is not None and hasattr(target, "name"):
-        tables = [str(plain(target).name)]
+    sources = [target] if target is not None else getattr(statement, "get_final_froms", list)()
+    tables: dict[str, None] = {}
+    for source in sources:
+        for element in visitors.iterate(source):
+            if isinstance(element, Table):
+                tables[str(element.name)] = None
     return f"{kind} {', '.join(tables)}".strip()
 
 
@@ -154,29 +193,42 @@ def route_statement(
     rules: RuleBook,
     shard_names: Sequence[str],
 ) -> Route:
-    """Route a SELECT, UPDATE or DELETE to the shards that can hold its rows."""
+    """Route a SELECT, UPDATE or DELETE to the shards that can hold its rows.
+
+    ``parameters`` are the execute-time parameters: one mapping, or a list of
+    them for an executemany (the route is then the union over the sets).
+    """
     every = tuple(shard_names)
-    label = statement_label(statement)
     if not isinstance(statement, Select | Update | Delete):
-        return Route(every, f"{type(statement).__name__} is not analysed; all shards", label)
+        return Route(every, f"{type(statement).__name__} is not analysed; all shards")
     whereclause = statement.whereclause
     if whereclause is None:
-        return Route(every, "no WHERE clause; all shards", label)
-    if parameters is None or not isinstance(parameters, Mapping):
-        parameters = {}
-    pinned: set[str] | None = None
+        return Route(every, "no WHERE clause; all shards")
+    if parameters is None:
+        parameter_sets: list[Mapping[str, Any]] = [{}]
+    elif isinstance(parameters, Mapping):
+        parameter_sets = [parameters]
+    else:
+        parameter_sets = list(parameters) or [{}]
+    conjuncts = list(_conjuncts(whereclause))
+    union: set[str] = set()
     reasons: list[str] = []
-    for conjunct in _conjuncts(whereclause):
-        found = _pinning(conjunct, parameters, rules)
-        if found is None:
-            continue
-        description, shards = found
-        reasons.append(f"{description} -> {', '.join(sorted(shards)) or 'no shard'}")
-        pinned = shards if pinned is None else pinned & shards
-    if pinned is None:
-        return Route(every, "no shard-key predicate in the WHERE clause; all shards", label)
-    if not pinned:
-        return Route(
-            every, "; ".join(reasons) + "; no shard can match, running on all shards", label
-        )
-    return Route(tuple(s for s in every if s in pinned), "; ".join(reasons), label)
+    for parameter_set in parameter_sets:
+        pinned: frozenset[str] | None = None
+        for conjunct in conjuncts:
+            pin = _pinning(conjunct, parameter_set, rules)
+            if pin is None:
+                continue
+            if pin.shards is None:
+                reasons.append(f"{pin.description}: {pin.unprunable}, so it does not prune")
+                continue
+            reasons.append(f"{pin.description} -> {', '.join(sorted(pin.shards)) or 'no shard'}")
+            pinned = pin.shards if pinned is None else pinned & pin.shards
+        if pinned is None:
+            why = "; ".join(reasons) or "no shard-key predicate in the WHERE clause"
+            return Route(every, f"{why}; all shards")
+        union |= pinned
+    reason = "; ".join(dict.fromkeys(reasons))
+    if not union:
+        return Route(every, f"{reason}; no shard can match, running on all shards")
+    return Route(tuple(s for s in every if s in union), reason)

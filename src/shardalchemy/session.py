@@ -171,6 +171,11 @@ class ShardedSession(horizontal_shard.ShardedSession):
     def get_bind(self, mapper: Any = None, *, shard_id: Any = None, **kw: Any) -> Any:
         if shard_id is not None:
             self.check_shard(shard_id, "bind_arguments / get_bind(shard_id=...)")
+        elif mapper is None and kw.get("instance") is None:
+            raise RoutingError(
+                "a connection of a sharded session needs a shard: pass "
+                "bind_arguments={'shard_id': ...} (e.g. session.connection(bind_arguments=...))"
+            )
         return super().get_bind(mapper, shard_id=shard_id, **kw)
 
     # -- route records -------------------------------------------------------
@@ -271,15 +276,13 @@ class ShardedSession(horizontal_shard.ShardedSession):
         relationship = rule.relationship
         name = rule.name
         mapper = state.mapper
-        key = {}
-        for local, remote in relationship.local_remote_pairs:
-            key[remote] = (
-                mapper._get_state_attr_by_column(state, state.dict, local)
-                if (local in mapper.columntoproperty)
-                else None
-            )
+        obj = state.obj()
+        key = {
+            _compat.plain(remote): getattr(obj, mapper.get_property_by_column(local).key)
+            for local, remote in relationship.local_remote_pairs
+        }
         parent_mapper = relationship.mapper
-        identity = [key.get(column) for column in parent_mapper.primary_key]
+        identity = [key.get(_compat.plain(column)) for column in parent_mapper.primary_key]
         if any(value is None for value in identity):
             raise MissingParentError(
                 f"{name}.{relationship.key} is None; a {name} lives on its "
@@ -449,15 +452,17 @@ def _refuse_unroutable_writes(session: ShardedSession, orm_context: ORMExecuteSt
         table = getattr(statement, "table", None)
         rule = session.rules.for_table(_compat.plain(table)) if table is not None else None
         if isinstance(rule, KeyRule):
-            for column in _compat.dml_assigned_columns(statement):
+            for column, value in _compat.dml_assignments(statement):
                 key = column if isinstance(column, str) else getattr(column, "key", None)
                 if key in (rule.attribute, rule.column.key):
+                    value = getattr(value, "value", value)  # a bound parameter's value
                     raise ShardKeyChangeError(
-                        f"UPDATE of {rule.name} assigns its shard key {rule.attribute}; moving "
-                        "rows between shards is not supported (delete and re-insert them instead)",
+                        f"UPDATE of {rule.name} sets its shard key {rule.attribute} to "
+                        f"{value!r}, which would move rows between shards; that is not "
+                        "supported (delete the rows and insert new ones instead)",
                         model=rule.name,
                         attribute=rule.attribute,
-                        value=None,
+                        value=value,
                     )
 
 

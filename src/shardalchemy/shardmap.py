@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import MetaData, create_engine, event, inspect, text
 from sqlalchemy.engine import URL, Connection, Engine, make_url
-from sqlalchemy.pool import SingletonThreadPool
+from sqlalchemy.pool import SingletonThreadPool, StaticPool
 
 from . import _naming
 from .errors import ShardMapError, UnknownShardError
@@ -67,10 +67,12 @@ def _engine_for(
     except Exception as error:  # SQLAlchemy raises ArgumentError for a bad URL
         raise ShardMapError(f"invalid database URL {url_or_engine!r}: {error}") from None
     options = dict(options)
+    is_async = url.get_dialect().is_async
     if shared_file and url.get_backend_name() == "sqlite":
-        # one connection per thread, shared by every shard in this file
-        options.setdefault("poolclass", SingletonThreadPool)
-    if url.get_dialect().is_async:
+        # every shard in this file shares one connection (per thread; for
+        # asyncio, where everything runs on the event loop's thread, one)
+        options.setdefault("poolclass", StaticPool if is_async else SingletonThreadPool)
+    if is_async:
         from sqlalchemy.ext.asyncio import create_async_engine
 
         return create_async_engine(url, **options).sync_engine
@@ -240,14 +242,25 @@ class ShardMap:
     def _drop_tables(self, connection: Connection, shard: str, metadata: MetaData) -> None:
         metadata.drop_all(connection, checkfirst=True)
 
-    def dispose(self) -> None:
-        """Close every pooled connection of every shard's engine."""
-        seen: set[int] = set()
+    def _engines(self) -> list[Engine]:
+        """The distinct engines (and so pools) behind the shards' binds."""
+        engines: dict[int, Engine] = {}
         for bind in self._binds.values():
             engine = getattr(bind, "_proxied", bind)
-            if id(engine) not in seen:
-                seen.add(id(engine))
-                engine.dispose()
+            engines.setdefault(id(engine), engine)
+        return list(engines.values())
+
+    def dispose(self) -> None:
+        """Close every pooled connection of every shard's engine."""
+        for engine in self._engines():
+            engine.dispose()
+
+    async def dispose_async(self) -> None:
+        """:meth:`dispose` for a shard map built from async URLs."""
+        from sqlalchemy.ext.asyncio import AsyncEngine
+
+        for engine in self._engines():
+            await AsyncEngine(engine).dispose()
 
     # -- sessions ----------------------------------------------------------
     def sessionmaker(self, **session_options: Any) -> SessionMakerType[ShardedSession]:
@@ -329,10 +342,8 @@ class _OneDatabaseShardMap(ShardMap):
     def _setup_engine(self, engine: Engine) -> None:
         """Install connect-time hooks on the shared engine."""
 
-    def dispose(self) -> None:
-        super().dispose()
-        if self._engine is not None:
-            self._engine.dispose()
+    def _engines(self) -> list[Engine]:
+        return [self._engine] if self._engine is not None else []
 
 
 class SchemaShardMap(_OneDatabaseShardMap):
@@ -351,7 +362,7 @@ class SchemaShardMap(_OneDatabaseShardMap):
         for shard, schema in schemas.items():
             if not isinstance(schema, str) or not schema or "[" in schema or "]" in schema:
                 raise ShardMapError(f"shard {shard!r}: invalid schema name {schema!r}")
-        self.schemas = schemas
+        self.schema_names = schemas
 
     def _setup_engine(self, engine: Engine) -> None:
         if engine.dialect.name != "sqlite":
@@ -363,7 +374,7 @@ class SchemaShardMap(_OneDatabaseShardMap):
                 if not database or database == ":memory:"
                 else str(Path(database).with_suffix(f".{schema}{Path(database).suffix or '.db'}"))
             )
-            for schema in self.schemas.values()
+            for schema in self.schema_names.values()
         }
         self.sqlite_files = files
 
@@ -376,22 +387,22 @@ class SchemaShardMap(_OneDatabaseShardMap):
 
     def _make_bind(self, shard: str) -> Engine:
         return self.engine.execution_options(
-            schema_translate_map={None: self.schemas[shard]}, **{SHARD_OPTION: shard}
+            schema_translate_map={None: self.schema_names[shard]}, **{SHARD_OPTION: shard}
         )
 
     def _create_tables(self, connection: Connection, shard: str, metadata: MetaData) -> None:
         dialect = connection.dialect.name
         if dialect != "sqlite":  # on SQLite, ATTACH created the schema's file
-            quoted = connection.dialect.identifier_preparer.quote_schema(self.schemas[shard])
+            quoted = connection.dialect.identifier_preparer.quote_schema(self.schema_names[shard])
             kind = "DATABASE" if dialect in ("mysql", "mariadb") else "SCHEMA"
             connection.execute(text(f"CREATE {kind} IF NOT EXISTS {quoted}"))
         super()._create_tables(connection, shard, metadata)
 
     def location(self, shard: str) -> str:
-        return f"schema {self.schemas[shard]!r}"
+        return f"schema {self.schema_names[shard]!r}"
 
     def table_name(self, table: Any, shard: str) -> str:
-        return f"{self.schemas[shard]}.{table.name}"
+        return f"{self.schema_names[shard]}.{table.name}"
 
 
 class TablesShardMap(_OneDatabaseShardMap):

@@ -30,8 +30,8 @@ import datetime
 import decimal
 import hashlib
 import uuid
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, cast
 
 from .errors import ShardMapError
 
@@ -59,6 +59,9 @@ class Strategy:
         """A short human-readable description, for routes and ``explain``."""
         return type(self).__name__.lower()
 
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}: {self.describe()}>"
+
 
 class Lookup(Strategy):
     """An explicit map from shard-key value to shard name.
@@ -71,7 +74,7 @@ class Lookup(Strategy):
     such a value is an error.
     """
 
-    def __init__(self, mapping: Mapping[Hashable, str], *, default: str | None = None) -> None:
+    def __init__(self, mapping: Mapping[Any, str], *, default: str | None = None) -> None:
         if not mapping and default is None:
             raise ShardMapError("Lookup strategy needs at least one value -> shard entry")
         self.mapping = dict(mapping)
@@ -113,9 +116,12 @@ def stable_key_bytes(value: Any) -> bytes:
     if isinstance(value, uuid.UUID):
         return b"u:" + value.bytes
     if isinstance(value, decimal.Decimal):
-        if value == value.to_integral_value():
+        if value.is_finite() and value == value.to_integral_value():
             return b"i:%d" % int(value)
         return b"d:" + str(value.normalize()).encode("ascii")
+    if isinstance(value, datetime.datetime) and value.utcoffset() is not None:
+        # equal instants in different time zones are equal values
+        value = value.astimezone(datetime.timezone.utc)
     if isinstance(value, datetime.datetime | datetime.date | datetime.time):
         return b"t:" + value.isoformat().encode("ascii")
     if isinstance(value, tuple):
@@ -285,15 +291,20 @@ class Function(Strategy):
 
 
 def as_strategy(
-    strategy: Strategy | Mapping[Hashable, str] | Callable[[Any], str | None],
+    strategy: Strategy | Mapping[Any, str] | Callable[[Any], str | None],
 ) -> Strategy:
     """Accept a strategy, or a plain dict (a :class:`Lookup`) or callable (a :class:`Function`)."""
     if isinstance(strategy, Strategy):
         return strategy
+    if isinstance(strategy, type) and issubclass(strategy, Strategy):
+        raise ShardMapError(
+            f"a shard-key strategy must be an instance: {strategy.__name__}(...), "
+            f"not the class {strategy.__name__}"
+        )
     if isinstance(strategy, Mapping):
         return Lookup(strategy)
     if callable(strategy):
-        return Function(strategy)
+        return Function(cast("Callable[[Any], str | None]", strategy))
     raise ShardMapError(
         f"a shard-key strategy must be a Strategy, a dict or a callable, not {strategy!r}"
     )
