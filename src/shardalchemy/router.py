@@ -225,7 +225,7 @@ def route_statement(
             reasons.append(f"{pin.description} -> {', '.join(sorted(pin.shards)) or 'no shard'}")
             pinned = pin.shards if pinned is None else pinned & pin.shards
         if pinned is None:
-            why = "; ".join(reasons) or "no shard-key predicate in the WHERE clause"
+            why = "; ".join(dict.fromkeys(reasons)) or "no shard-key predicate in the WHERE clause"
             return Route(every, f"{why}; all shards")
         union |= pinned
     reason = "; ".join(dict.fromkeys(reasons))
