@@ -50,7 +50,7 @@ def test_demo_command_prints_routes_and_exits_zero(
     out = capsys.readouterr().out
     assert "placement tables" in out
     assert "set_shard_id('north_america')" in out
-    assert "lazy load from a WeatherLocation on asia" in out
+    assert "WeatherLocation.reports loads rows of the parent's shard asia" in out
     assert "all 12 checks passed" in out
     assert "FAIL" not in out
 

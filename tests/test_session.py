@@ -241,11 +241,6 @@ def test_follower_of_a_pending_parent_goes_with_it(deployment: Deployment) -> No
     assert deployment.total_rows() == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="missing: a selectinload of followers is routed to every shard; only lazy loads "
-    "are pinned to the parent's shard (session.py _explicit_shard uses lazy_loaded_from only)",
-)
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 @pytest.mark.parametrize("placement", ["tables"])
 def test_selectinload_stays_on_the_parents_shard(deployment: Deployment) -> None:

@@ -31,9 +31,8 @@ from typing import Any
 from sqlalchemy import event, exc, inspect
 from sqlalchemy.ext import horizontal_shard
 from sqlalchemy.ext.horizontal_shard import ShardedQuery
-from sqlalchemy.orm import Mapper, ORMExecuteState
+from sqlalchemy.orm import Mapper, ORMExecuteState, RelationshipProperty
 from sqlalchemy.orm.state import InstanceState
-from sqlalchemy.sql import visitors
 
 from . import _compat
 from .errors import (
@@ -312,12 +311,12 @@ class ShardedSession(horizontal_shard.ShardedSession):
     ) -> Route:
         """identity_chooser of declarative mode: the shards a primary key may be on."""
         every = tuple(self._shard_names)
-        if lazy_loaded_from is not None:
+        if lazy_loaded_from is not None and lazy_loaded_from.identity_token in every:
+            # only an identity-map search: look on the parent's shard first; a
+            # miss still loads through the statement router
             token = lazy_loaded_from.identity_token
-            if token is not None and _colocated(self, lazy_loaded_from.mapper, mapper, None):
-                return Route(
-                    (token,), f"loaded from a {lazy_loaded_from.mapper.class_.__name__} on {token}"
-                )
+            others = tuple(shard for shard in every if shard != token)
+            return Route((token, *others), f"identity map: {token} (the parent's shard) first")
         rule = self._rule(mapper)
         if isinstance(rule, KeyRule):
             for column, value in zip(mapper.primary_key, primary_key, strict=False):
@@ -341,34 +340,25 @@ class ShardedSession(horizontal_shard.ShardedSession):
         )
 
 
-def _colocated(
-    session: ShardedSession, source: Mapper[Any], target: Mapper[Any], where: Any
-) -> bool:
-    """Whether rows of ``target`` reached from a ``source`` row live on that row's shard.
+def _join_columns(relationship: RelationshipProperty[Any]) -> frozenset[Any]:
+    return frozenset(
+        _compat.plain(column) for pair in relationship.local_remote_pairs or () for column in pair
+    )
 
-    True when one follows the other directly and, for a lazy-load statement,
-    its criteria use only that relationship's join columns (another
-    relationship between the same models might reach other shards).
+
+def _colocated(session: ShardedSession, relationship: Any) -> bool:
+    """Whether a relationship joins rows that always live on the same shard.
+
+    True for the relationship a follower follows, and for any relationship
+    over the same join columns (its reverse, a viewonly copy).
     """
-    for child, parent in ((target, source), (source, target)):
-        rule = session._rule(child)
-        if isinstance(rule, FollowRule) and parent.isa(rule.relationship.mapper):
-            if where is None:
-                return True
-            allowed = {
-                _compat.plain(column)
-                for pair in rule.relationship.local_remote_pairs
-                for column in pair
-            }
-            used = {
-                _compat.plain(element)
-                for element in visitors.iterate(where)
-                if hasattr(element, "table")
-                and hasattr(element, "proxy_set")
-                and element.__visit_name__ == "column"
-            }
-            if used and used <= allowed:
-                return True
+    if not isinstance(relationship, RelationshipProperty):
+        return False
+    columns = _join_columns(relationship)
+    for mapper in (relationship.parent, relationship.mapper):
+        rule = session._rule(mapper)
+        if isinstance(rule, FollowRule) and _join_columns(rule.relationship) == columns:
+            return True
     return False
 
 
@@ -388,19 +378,16 @@ def _explicit_shard(
     if "shard_id" in orm_context.bind_arguments:
         shard = orm_context.bind_arguments["shard_id"]
         return shard, f"bind_arguments shard_id={shard!r}"
-    if session.rules is not None:
+    if session.rules is not None and orm_context.is_relationship_load:
+        # a lazy load, or an eager loader's query run per shard of its parents
         state = _compat.lazy_loaded_from(orm_context)
-        target = orm_context.bind_mapper
-        statement = orm_context.statement
-        if (
-            state is not None
-            and state.identity_token is not None
-            and target is not None
-            and _colocated(session, state.mapper, target, getattr(statement, "whereclause", None))
-        ):
-            return state.identity_token, (
-                f"lazy load from a {state.mapper.class_.__name__} on {state.identity_token}"
-            )
+        token = state.identity_token if state is not None else None
+        if token is None:
+            token = orm_context.execution_options.get("identity_token")
+        path = orm_context.loader_strategy_path
+        relationship = path[-1] if path is not None and len(path) else None
+        if token is not None and _colocated(session, relationship):
+            return token, f"{relationship} loads rows of the parent's shard {token}"
     return None
 
 
