@@ -23,6 +23,7 @@ from .errors import (
     MissingShardKeyError,
     ModelConfigurationError,
     RoutingError,
+    ScatterQueryError,
     ShardingError,
     ShardKeyChangeError,
     ShardKeyError,
@@ -32,7 +33,7 @@ from .errors import (
 )
 from .inspection import StatementLog
 from .models import FollowParent, ShardKey, shard_table
-from .router import Route
+from .router import Explanation, Route, Router
 from .session import ShardedSession, assign_shard, set_shard_id
 from .shardmap import ShardMap
 from .strategies import Function, Hash, Lookup, Range, Strategy
@@ -40,6 +41,7 @@ from .strategies import Function, Hash, Lookup, Range, Strategy
 __version__ = "0.1.0"
 
 __all__ = [
+    "Explanation",
     "FollowParent",
     "Function",
     "Hash",
@@ -49,7 +51,9 @@ __all__ = [
     "ModelConfigurationError",
     "Range",
     "Route",
+    "Router",
     "RoutingError",
+    "ScatterQueryError",
     "ShardKey",
     "ShardKeyChangeError",
     "ShardKeyError",

@@ -25,6 +25,8 @@ def plain(element: Any) -> Any:
 
 def orm_options(orm_context: ORMExecuteState) -> Iterable[Any]:
     """The execution-time ORM options of a statement (where ``set_shard_id`` lives)."""
+    if not orm_context.statement._with_options:  # the common case, without building a list
+        return ()
     return orm_context._non_compile_orm_options
 
 
@@ -54,3 +56,8 @@ def dml_assignments(statement: Any) -> list[tuple[Any, Any]]:
     values = getattr(statement, "_values", None) or {}
     ordered = getattr(statement, "_ordered_values", None) or ()
     return [*values.items(), *ordered]
+
+
+def statement_options(statement: Any) -> tuple[Any, ...]:
+    """The options attached to a statement with ``.options()``."""
+    return tuple(getattr(statement, "_with_options", ()))

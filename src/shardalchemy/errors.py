@@ -100,11 +100,26 @@ class RoutingError(ShardingError):
     """
 
 
+class ScatterQueryError(RoutingError):
+    """A statement would reach every shard while scatter queries are refused.
+
+    Raised in no-scatter mode (``ShardedSession(no_scatter=True)`` or the
+    execution option ``no_scatter=True``). ``tables`` are the statement's
+    sharded tables and ``missing`` the shard-key predicates that would pin it.
+    """
+
+    def __init__(self, message: str, *, tables: list[str], missing: list[str]) -> None:
+        self.tables = tables
+        self.missing = missing
+        super().__init__(message)
+
+
 __all__ = [
     "MissingParentError",
     "MissingShardKeyError",
     "ModelConfigurationError",
     "RoutingError",
+    "ScatterQueryError",
     "ShardKeyChangeError",
     "ShardKeyError",
     "ShardMapError",

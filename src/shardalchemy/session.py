@@ -24,8 +24,7 @@ records where each statement went and why.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from sqlalchemy import event, exc, inspect
@@ -38,12 +37,13 @@ from . import _compat
 from .errors import (
     MissingParentError,
     RoutingError,
+    ScatterQueryError,
     ShardKeyChangeError,
     ShardMapError,
     UnknownShardError,
 )
 from .models import FollowRule, KeyRule, Rule, RuleBook
-from .router import Route, route_statement, statement_label
+from .router import Explanation, Route, shard_key_hints, statement_label
 from .shardmap import ShardMap
 
 _EXPLICIT_SHARD = "shardalchemy.explicit_shard"
@@ -108,11 +108,15 @@ class ShardedSession(horizontal_shard.ShardedSession):
         query_cls: Any = ShardedQuery,
         *,
         shard_map: ShardMap | None = None,
+        no_scatter: bool = False,
         id_chooser: Callable[..., Any] | None = None,
         query_chooser: Callable[..., Any] | None = None,
         **kwargs: Any,
     ) -> None:
         self.shard_map = shard_map
+        self.no_scatter = no_scatter
+        """Refuse statements that would reach every shard (per statement: the
+        ``no_scatter`` execution option overrides it)."""
         self.rules = None
         self._route_log: list[Route] | None = None
         if shard_map is not None:
@@ -132,7 +136,7 @@ class ShardedSession(horizontal_shard.ShardedSession):
             raise exc.ArgumentError(
                 "ShardedSession needs shard_map=..., or shard_chooser=... and shards=..."
             )
-        self._shard_names: list[str] = list(shards or {})
+        self._shard_names: tuple[Any, ...] = tuple(shards or {})
         super().__init__(
             shard_chooser,
             identity_chooser,
@@ -154,11 +158,11 @@ class ShardedSession(horizontal_shard.ShardedSession):
     @property
     def shard_names(self) -> tuple[str, ...]:
         """The shards this session knows, in declaration order."""
-        return tuple(self._shard_names)
+        return self._shard_names
 
     def bind_shard(self, shard_id: Any, bind: Any) -> None:
-        if shard_id not in getattr(self, "_shard_names", []):
-            self._shard_names = [*getattr(self, "_shard_names", []), shard_id]
+        if shard_id not in getattr(self, "_shard_names", ()):
+            self._shard_names = (*getattr(self, "_shard_names", ()), shard_id)
         super().bind_shard(shard_id, bind)
 
     def check_shard(self, shard: Any, where: str) -> Any:
@@ -198,11 +202,34 @@ class ShardedSession(horizontal_shard.ShardedSession):
             if outer is not None:
                 outer.extend(log)
 
+    def explain(self, statement: Any, parameters: Mapping[str, Any] | None = None) -> Route:
+        """Where ``statement`` would run with ``parameters``, and why, without running it.
+
+        Returns a :class:`~shardalchemy.Route` whose ``explanation`` is the
+        reason tree: which predicate allowed which shards.
+
+        Example::
+
+            route = session.explain(select(City).where(City.continent.in_(["Asia", "Europe"])))
+            print(route.shards)        # ('asia', 'europe')
+            print(route.explanation)   # City.continent IN ('Asia', 'Europe') -> asia, europe
+        """
+        label = statement_label(statement)
+        for option in _compat.statement_options(statement):
+            if isinstance(option, horizontal_shard.set_shard_id):
+                self.check_shard(option.shard_id, "set_shard_id()")
+                reason = f"set_shard_id({option.shard_id!r})"
+                tree = Explanation(reason, frozenset([option.shard_id]))
+                return Route((option.shard_id,), reason, label, explanation=tree)
+        if self.shard_map is None:
+            raise RoutingError("explain() needs a session built with shard_map=...")
+        return self.shard_map.router.explain(statement, parameters).labelled(label)
+
     def _record(self, route: Route, statement: Any = None, label: str | None = None) -> None:
         if self._route_log is not None:
             if label is None:
                 label = statement_label(statement) if statement is not None else ""
-            self._route_log.append(dataclasses.replace(route, statement=label))
+            self._route_log.append(route.labelled(label))
 
     # -- declarative choosers --------------------------------------------------
     def _rule(self, mapper: Any) -> Rule | None:
@@ -310,7 +337,7 @@ class ShardedSession(horizontal_shard.ShardedSession):
         **kw: Any,
     ) -> Route:
         """identity_chooser of declarative mode: the shards a primary key may be on."""
-        every = tuple(self._shard_names)
+        every = self._shard_names
         if lazy_loaded_from is not None and lazy_loaded_from.identity_token in every:
             # only an identity-map search: look on the parent's shard first; a
             # miss still loads through the statement router
@@ -334,10 +361,8 @@ class ShardedSession(horizontal_shard.ShardedSession):
 
     def _route(self, orm_context: ORMExecuteState) -> Route:
         """execute_chooser of declarative mode: the router."""
-        assert self.rules is not None
-        return route_statement(
-            orm_context.statement, orm_context.parameters, self.rules, self._shard_names
-        )
+        assert self.shard_map is not None
+        return self.shard_map.router.route(orm_context.statement, orm_context.parameters)
 
 
 def _join_columns(relationship: RelationshipProperty[Any]) -> frozenset[Any]:
@@ -372,8 +397,9 @@ def _explicit_shard(
     token = _compat.explicit_identity_token(orm_context)
     if token is not None:
         return token, f"identity token {token!r} (object loaded from that shard)"
-    if "_sa_shard_id" in orm_context.execution_options:
-        shard = orm_context.execution_options["_sa_shard_id"]
+    options = orm_context.execution_options  # a merge each time it is read: read once
+    if "_sa_shard_id" in options:
+        shard = options["_sa_shard_id"]
         return shard, f"execution option _sa_shard_id={shard!r}"
     if "shard_id" in orm_context.bind_arguments:
         shard = orm_context.bind_arguments["shard_id"]
@@ -383,7 +409,7 @@ def _explicit_shard(
         state = _compat.lazy_loaded_from(orm_context)
         token = state.identity_token if state is not None else None
         if token is None:
-            token = orm_context.execution_options.get("identity_token")
+            token = options.get("identity_token")
         path = orm_context.loader_strategy_path
         relationship = path[-1] if path is not None and len(path) else None
         if token is not None and _colocated(session, relationship):
@@ -402,18 +428,31 @@ def _execute_on_shards(orm_context: ORMExecuteState) -> Any:
         session.check_shard(shard, reason)
         route = Route((shard,), reason)
     else:
-        if session.rules is not None:
+        if session.rules is not None and not orm_context.is_select:
             _refuse_unroutable_writes(session, orm_context)
         chosen = session.execute_chooser(orm_context)
-        route = chosen if isinstance(chosen, Route) else Route(tuple(chosen), "execute_chooser")
+        if isinstance(chosen, Route):
+            route = chosen  # the router's shards come from the shard map
+        else:
+            route = Route(tuple(chosen), "execute_chooser")
+            for shard in route.shards:
+                session.check_shard(shard, "the execute chooser's result")
         if not route.shards:
             raise RoutingError(
                 f"the execute chooser chose no shard for {statement_label(statement)}; "
                 "it must return at least one shard name"
             )
-        for shard in route.shards:
-            session.check_shard(shard, "the execute chooser's result")
-    session._record(route, statement)
+        if len(route.shards) > 1:
+            _check_multi_shard(session, orm_context, route)
+    if session._route_log is not None:
+        session._record(route, statement)
+
+    if len(route.shards) == 1:
+        # one shard: let the session go on with this very execution, bound to
+        # that shard, rather than running the statement again nested
+        orm_context.bind_arguments["shard_id"] = route.shards[0]
+        orm_context.update_execution_options(identity_token=route.shards[0])
+        return None
 
     def run_on(shard: Any) -> Any:
         bind_arguments = dict(orm_context.bind_arguments)
@@ -422,12 +461,39 @@ def _execute_on_shards(orm_context: ORMExecuteState) -> Any:
         return orm_context.invoke_statement(bind_arguments=bind_arguments)
 
     results = [run_on(shard) for shard in route.shards]
-    return results[0] if len(results) == 1 else results[0].merge(*results[1:])
+    return results[0].merge(*results[1:])
+
+
+def _check_multi_shard(session: ShardedSession, orm_context: ORMExecuteState, route: Route) -> None:
+    """Refuse what must not run on several shards: scatters in no-scatter mode, INSERT."""
+    statement = orm_context.statement
+    if orm_context.is_insert:
+        raise RoutingError(
+            f"INSERT ... SELECT reaches shards {', '.join(map(str, route.shards))} "
+            f"({route.reason}); it runs on one shard only: add a shard-key predicate to its "
+            "SELECT or pin it with set_shard_id(...)"
+        )
+    no_scatter = orm_context.execution_options.get("no_scatter", session.no_scatter)
+    if no_scatter and len(route.shards) == len(session.shard_names):
+        tables: list[str] = []
+        keys: list[str] = []
+        if session.rules is not None:
+            tables, keys = shard_key_hints(statement, session.rules)
+        tables = tables or [statement_label(statement)]
+        wanted = " or ".join(keys) or "the shard key"
+        raise ScatterQueryError(
+            f"{statement_label(statement)} would run on every shard ({route.reason}), and "
+            f"scatter queries are refused (no_scatter); add a predicate on {wanted} "
+            "(= or IN), pin it with set_shard_id(...), or allow this one with "
+            ".execution_options(no_scatter=False)",
+            tables=tables,
+            missing=keys,
+        )
 
 
 def _refuse_unroutable_writes(session: ShardedSession, orm_context: ORMExecuteState) -> None:
     statement = orm_context.statement
-    if orm_context.is_insert:
+    if orm_context.is_insert and getattr(statement, "select", None) is None:
         raise RoutingError(
             f"{statement_label(statement)} through session.execute() has no shard: add objects "
             "with session.add(), or pin the statement with set_shard_id(...) / "

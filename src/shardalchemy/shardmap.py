@@ -47,6 +47,7 @@ from . import _naming
 from .errors import ShardMapError, UnknownShardError
 from .inspection import SHARD_OPTION
 from .models import RuleBook
+from .router import Router
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import sessionmaker as SessionMakerType
@@ -108,6 +109,8 @@ class ShardMap:
         self._lock = threading.RLock()
         self.rules = RuleBook(self.shard_names)
         """The resolved sharding rules of models and tables, checked against this map."""
+        self.router = Router(self.rules, self.shard_names)
+        """Routes statements over this map's shards (pure; caches per statement shape)."""
 
     # -- construction ----------------------------------------------------
     @staticmethod

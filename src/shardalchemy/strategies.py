@@ -55,6 +55,16 @@ class Strategy:
         """Return this strategy resolved against the shard map's shard names."""
         return self
 
+    def shards_between(
+        self, low: Any, low_inclusive: bool, high: Any, high_inclusive: bool
+    ) -> frozenset[str] | None:
+        """The shards holding values between ``low`` and ``high`` (``None`` = unbounded).
+
+        ``None`` as the result means "cannot tell" (any shard may hold such
+        values); only order-preserving strategies such as :class:`Range` can.
+        """
+        return None
+
     def describe(self) -> str:
         """A short human-readable description, for routes and ``explain``."""
         return type(self).__name__.lower()
@@ -193,12 +203,16 @@ class Hash(Strategy):
         return stable_hash(value) % self.buckets
 
     def shard_for(self, value: Any) -> str | None:
-        if self._owners is None:
+        owners = self._owners
+        if owners is None:
             raise ShardMapError("Hash strategy is not bound to shards; pass shards=[...]")
         try:
-            return self._owners[self.bucket_for(value)]
+            encoded = stable_key_bytes(value)
         except TypeError:
             return None
+        # bucket_for(), inlined: this runs for every routed statement
+        digest = hashlib.blake2b(encoded, digest_size=8).digest()
+        return owners[int.from_bytes(digest, "big") % self.buckets]
 
     def shard_names(self) -> frozenset[str] | None:
         return frozenset(self._owners) if self._owners is not None else None
@@ -258,6 +272,28 @@ class Range(Strategy):
         if self.first_shard is not None:
             names.add(self.first_shard)
         return frozenset(names)
+
+    def shards_between(
+        self, low: Any, low_inclusive: bool, high: Any, high_inclusive: bool
+    ) -> frozenset[str] | None:
+        # owners are indexed from -1 (the open start) to len(owners) - 1
+        first = -1 if low is None else bisect.bisect_right(self.bounds, low) - 1
+        if high is None:
+            last = len(self.owners) - 1
+        else:
+            # an exclusive high equal to a bound excludes that bound's range
+            search = bisect.bisect_right if high_inclusive else bisect.bisect_left
+            last = search(self.bounds, high) - 1
+        if (
+            low is not None
+            and high is not None
+            and (high < low or (high == low and not (low_inclusive and high_inclusive)))
+        ):
+            return frozenset()
+        shards = {self.owners[index] for index in range(max(first, 0), last + 1)}
+        if first < 0 and self.first_shard is not None:
+            shards.add(self.first_shard)
+        return frozenset(shards)
 
     def describe(self) -> str:
         return f"range ({len(self.owners) + self.open_start} ranges)"
