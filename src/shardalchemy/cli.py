@@ -2,12 +2,14 @@
 
 ``shardalchemy demo`` runs the weather scenario on embedded SQLite (no server
 needed) and prints, step by step, which shards each statement touched and why.
-``--placement`` and ``--url`` run the same scenario on PostgreSQL or MariaDB::
+``shardalchemy explain MODELS STATEMENT`` shows where a statement would run.
+``--placement`` and ``--url`` run the demo on PostgreSQL or MariaDB::
 
     shardalchemy demo
     shardalchemy demo --placement schema --url postgresql+psycopg://postgres@127.0.0.1/demo
     shardalchemy demo --placement database \\
         --url 'mysql+pymysql://root@127.0.0.1/weather_{shard}'
+    shardalchemy explain myapp.models "select(City).where(City.continent == 'Asia')"
 
 Exits 0 when every check passes, 1 when one fails, 2 on bad arguments.
 """
@@ -15,20 +17,27 @@ Exits 0 when every check passes, 1 when one fails, 2 on bad arguments.
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
+import json
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
+from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
+from rich.tree import Tree
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import demo
 from .errors import ShardingError
+from .router import Explanation
 from .shardmap import ShardMap
 
 
@@ -84,6 +93,10 @@ def _render_step(console: Console, number: int, step: demo.Step) -> None:
     for touch in step.touches:
         table.add_row(touch.statement, ", ".join(touch.shards), touch.reason)
     console.print(table)
+    for route in step.explanations:
+        if route.explanation is not None:
+            console.print(Text(f"  explain {route.statement}:", style="bold"))
+            console.print(Padding(_tree(route.explanation), (0, 0, 0, 4)))
     if step.sql_counts:
         sent = ", ".join(f"{shard} x{count}" for shard, count in step.sql_counts.items())
         console.print(Text(f"  SQL sent: {sent}", style="dim"))
@@ -129,6 +142,97 @@ def run_demo(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+_EXPLAIN_NAMES = (
+    "and_",
+    "bindparam",
+    "delete",
+    "exists",
+    "func",
+    "insert",
+    "literal",
+    "not_",
+    "or_",
+    "select",
+    "text",
+    "tuple_",
+    "union",
+    "union_all",
+    "update",
+)
+
+
+def _load_models(target: str) -> tuple[dict[str, Any], ShardMap]:
+    """Import ``module[:shard_map_name]`` (a dotted name or a .py path) and find its shard map."""
+    module_name, _, attribute = target.partition(":")
+    if module_name.endswith(".py") or "/" in module_name:
+        path = Path(module_name).resolve()
+        sys.path.insert(0, str(path.parent))  # so it can import its neighbours
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        if spec is None or spec.loader is None:
+            raise ShardingError(f"cannot import {module_name}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[path.stem] = module
+        spec.loader.exec_module(module)
+    else:
+        sys.path.insert(0, str(Path.cwd()))
+        module = importlib.import_module(module_name)
+    namespace = dict(vars(module))
+    if attribute:
+        shard_map = namespace.get(attribute)
+        if not isinstance(shard_map, ShardMap):
+            raise ShardingError(f"{module_name}.{attribute} is not a shardalchemy.ShardMap")
+        return namespace, shard_map
+    maps = {name: value for name, value in namespace.items() if isinstance(value, ShardMap)}
+    if len(maps) != 1:
+        found = ", ".join(sorted(maps)) or "none"
+        raise ShardingError(
+            f"{module_name} must define exactly one ShardMap (found: {found}); "
+            f"name it as {module_name}:NAME"
+        )
+    return namespace, next(iter(maps.values()))
+
+
+def run_explain(args: argparse.Namespace, console: Console) -> int:
+    """Explain where a statement written in Python would run; nothing is executed."""
+    import sqlalchemy
+
+    from .session import ShardedSession
+
+    namespace, shard_map = _load_models(args.models)
+    for name in _EXPLAIN_NAMES:
+        namespace.setdefault(name, getattr(sqlalchemy, name))
+    try:
+        statement = eval(args.statement, namespace)  # the user's own expression, as in a REPL
+    except Exception as error:
+        raise ShardingError(f"cannot evaluate {args.statement!r}: {error}") from None
+    parameters = json.loads(args.params) if args.params else None
+    session = ShardedSession(shard_map=shard_map)
+    try:
+        route = session.explain(statement, parameters)
+    finally:
+        session.close()
+    console.print(f"[bold]{route.statement}[/bold]")
+    console.print(Text(str(statement), style="dim"))
+    console.print(f"shards: [magenta]{', '.join(map(str, route.shards))}[/magenta]")
+    console.print(f"why: {route.reason}")
+    if route.explanation is not None:
+        console.print(_tree(route.explanation))
+    return 0
+
+
+def _tree(explanation: Explanation, tree: Tree | None = None) -> Tree:
+    allowed = (
+        "all shards"
+        if explanation.shards is None
+        else ", ".join(sorted(map(str, explanation.shards))) or "no shard"
+    )
+    label = Text(explanation.text) + Text(f"  -> {allowed}", style="magenta")
+    node = Tree(label) if tree is None else tree.add(label)
+    for child in explanation.children:
+        _tree(child, node)
+    return node
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``shardalchemy`` command."""
     parser = argparse.ArgumentParser(prog="shardalchemy", description=__doc__.splitlines()[0])
@@ -148,9 +252,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo_parser.add_argument(
         "--keep", action="store_true", help="leave the demo's tables and rows in place"
     )
+    explain_parser = commands.add_parser(
+        "explain",
+        help="show which shards a statement would reach, and why (runs nothing)",
+        description="Explain the route of a statement over the shard map of a models module.",
+    )
+    explain_parser.add_argument(
+        "models",
+        help="the module defining your models and one ShardMap: a dotted name or a .py path, "
+        "optionally :NAME of the shard map",
+    )
+    explain_parser.add_argument(
+        "statement",
+        help="a Python expression building the statement, e.g. "
+        "\"select(City).where(City.continent == 'Asia')\"",
+    )
+    explain_parser.add_argument("--params", help="execute-time parameters, as a JSON object")
     args = parser.parse_args(argv)
     console = Console()
     try:
+        if args.command == "explain":
+            return run_explain(args, console)
         return run_demo(args, console)
     except ShardingError as error:
         console.print(f"[bold red]error:[/bold red] {error}")

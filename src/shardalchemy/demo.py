@@ -17,7 +17,7 @@ import datetime
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import Column, ForeignKey, Integer, String, Table, inspect, select, update
+from sqlalchemy import Column, ForeignKey, Integer, String, Table, inspect, or_, select, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from .inspection import StatementLog
@@ -108,6 +108,7 @@ class Step:
     title: str
     touches: list[Touch] = dataclasses.field(default_factory=list)
     sql_counts: dict[str | None, int] = dataclasses.field(default_factory=dict)
+    explanations: list[Route] = dataclasses.field(default_factory=list)
     checks: list[Check] = dataclasses.field(default_factory=list)
 
     def check(self, description: str, passed: bool, detail: Any = "") -> None:
@@ -208,7 +209,9 @@ def run(shard_map: ShardMap, *, on_step: Callable[[Step], None] | None = None) -
         step = Step('Query with set_shard_id("north_america")')
         log.clear()
         with session.recording_routes() as routes:
-            found = session.scalars(select(WeatherLocation).options(set_shard_id("north_america")))
+            pinned = select(WeatherLocation).options(set_shard_id("north_america"))
+            step.explanations.append(session.explain(pinned))
+            found = session.scalars(pinned)
             north_american = {c.city for c in found}
         step.touches = _touches(routes)
         step.sql_counts = dict(log.counts())
@@ -222,9 +225,11 @@ def run(shard_map: ShardMap, *, on_step: Callable[[Step], None] | None = None) -
         step = Step("Query continent IN ('Europe', 'Asia')")
         log.clear()
         with session.recording_routes() as routes:
-            found = session.scalars(
-                select(WeatherLocation).where(WeatherLocation.continent.in_(["Europe", "Asia"]))
+            by_continent = select(WeatherLocation).where(
+                WeatherLocation.continent.in_(["Europe", "Asia"])
             )
+            step.explanations.append(session.explain(by_continent))
+            found = session.scalars(by_continent)
             asian_and_european = {c.city for c in found}
         step.touches = _touches(routes)
         step.sql_counts = dict(log.counts())
@@ -237,6 +242,33 @@ def run(shard_map: ShardMap, *, on_step: Callable[[Step], None] | None = None) -
             "only the asia and europe shards were queried",
             set(log.shards()) == {"asia", "europe"},
             log.shards(),
+        )
+        finish(step)
+
+        step = Step("Reports JOIN their cities WHERE continent = 'Asia' OR city = 'Dublin'")
+        log.clear()
+        with session.recording_routes() as routes:
+            joined = (
+                select(Report)
+                .join(Report.location)
+                .where(or_(WeatherLocation.continent == "Asia", WeatherLocation.city == "Dublin"))
+            )
+            step.explanations.append(session.explain(joined))
+            everywhere = {report.location.city for report in session.scalars(joined)}
+            asian = select(Report).join(Report.location).where(WeatherLocation.continent == "Asia")
+            step.explanations.append(session.explain(asian))
+            in_asia = {report.location.city for report in session.scalars(asian)}
+        step.touches = _touches(routes)
+        step.sql_counts = dict(log.counts())
+        step.check(
+            "OR with a non-key predicate: every shard, Tokyo and Dublin",
+            everywhere == {"Tokyo", "Dublin"},
+            sorted(everywhere),
+        )
+        step.check(
+            "the parent's shard key pins the join to asia",
+            in_asia == {"Tokyo"} and routes[-1].shards == ("asia",),
+            routes[-1].shards,
         )
         finish(step)
 
