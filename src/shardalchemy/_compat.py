@@ -61,3 +61,10 @@ def dml_assignments(statement: Any) -> list[tuple[Any, Any]]:
 def statement_options(statement: Any) -> tuple[Any, ...]:
     """The options attached to a statement with ``.options()``."""
     return tuple(getattr(statement, "_with_options", ()))
+
+
+def is_anonymous_key(key: Any) -> bool:
+    """Whether a bind parameter's key is anonymous (SQLAlchemy names it at compile time)."""
+    from sqlalchemy.sql.elements import _anonymous_label
+
+    return isinstance(key, _anonymous_label)

@@ -295,7 +295,16 @@ class RuleBook:
                 f"{name}.{declaration.relationship} must be a many-to-one relationship to the "
                 f"parent that {name} follows, not {_DIRECTION_WORDS[relationship.direction]}"
             )
-        parent = self._resolve_mapper(relationship.mapper, (*seen, mapper))
+        parent_mapper = relationship.mapper
+        if parent_mapper in self._by_mapper:
+            parent = self._by_mapper[parent_mapper]
+        else:
+            # resolved once and cached, so a follower shares its parent's
+            # rule (and bound strategy) instead of a copy
+            parent = self._resolve_mapper(parent_mapper, (*seen, mapper))
+            self._by_mapper[parent_mapper] = parent
+            if parent is not None:
+                self._by_table.setdefault(parent.table, parent)
         if parent is None:
             raise ModelConfigurationError(
                 f"{name} follows {declaration.relationship!r} to "

@@ -55,9 +55,10 @@ from sqlalchemy.sql.elements import (
     Tuple,
     UnaryExpression,
 )
-from sqlalchemy.sql.selectable import Exists, Join, ScalarSelect
+from sqlalchemy.sql.selectable import Exists, ScalarSelect
 
-from ._compat import plain
+from ._compat import is_anonymous_key, plain
+from .ids.columns import generator_of
 from .models import FollowRule, KeyRule, Rule, RuleBook
 from .strategies import Strategy
 
@@ -167,8 +168,15 @@ class _Values:
 
     def value(self, reference: _BindRef) -> Any:
         bind = self.binds[reference.position] if reference.position >= 0 else reference.bind
-        if bind.key in self.parameters:
-            return self.parameters[bind.key]
+        parameters = self.parameters
+        if bind.key in parameters:
+            return parameters[bind.key]
+        if parameters and is_anonymous_key(bind.key):
+            # SQLAlchemy also accepts an anonymous bind's compiled name
+            # ("sensor_1"); it is not known here, so do not trust the default
+            original = str(getattr(bind, "_orig_key", "") or "")
+            if original and any(str(key).startswith(original) for key in parameters):
+                return _MISSING
         if bind.callable is None and bind.value is None and bind.required:
             return _MISSING
         return bind.effective_value
@@ -189,6 +197,7 @@ class _KeyTarget:
     description: str
     strategy: Strategy
     python_type: type | None
+    own_key: bool = True  # the model's own shard key (never NULL), not a follower's FK
 
 
 class _Node:
@@ -370,6 +379,8 @@ class _Between(_Node):
             return None, f"{text}: a bound is not given, so it does not prune"
         shards: set[Any] = set()
         for target in self.targets:
+            if target.python_type is str:
+                return None, f"{text}: string order depends on the collation, so it does not prune"
             for bound in (low, high):
                 expected = target.python_type
                 if bound is not None and expected is not None and not isinstance(bound, expected):
@@ -390,6 +401,8 @@ class _Between(_Node):
 
     def _describe(self, low: Any, high: Any) -> str:
         name = self.targets[0].description
+        low = "?" if low is _MISSING else low
+        high = "?" if high is _MISSING else high
         if self.low is not None and self.high is not None:
             return f"{name} BETWEEN {low!r} AND {high!r}"
         if self.low is not None:
@@ -429,7 +442,7 @@ class _Analysis:
     def __init__(self, rules: RuleBook, bind_positions: Mapping[int, int]) -> None:
         self.rules = rules
         self.bind_positions = bind_positions
-        self.outer_join_tables: set[Any] = set()
+        self.has_outer_join = False
         self.cacheable = True
 
     def ref(self, bind: BindParameter[Any]) -> _BindRef:
@@ -468,21 +481,33 @@ class _Analysis:
         rule = self.rules.for_table(table)
         if isinstance(rule, KeyRule) and plain(rule.column) is column:
             return _KeyTarget(f"{rule.name}.{rule.attribute}", rule.strategy, _python_type(column))
+        id_strategy = _id_strategy(column)
+        if id_strategy is not None:
+            # a shard-aware ID names the shard its row was inserted on
+            name = rule.name if rule is not None else str(table.name)
+            return _KeyTarget(f"{name}.{column.key}", id_strategy, _python_type(column))
         if isinstance(rule, FollowRule):
-            # a follower's foreign key, when the parent's referenced column is
-            # the parent's shard key, carries the shard too
+            # a follower's foreign key carries the shard too when the parent's
+            # referenced column does: the parent's shard key or shard-aware ID
             for local, remote in rule.relationship.local_remote_pairs or ():
+                if plain(local) is not column:
+                    continue
                 parent = rule.parent
-                if (
-                    plain(local) is column
-                    and isinstance(parent, KeyRule)
-                    and plain(parent.column) is plain(remote)
-                ):
-                    name = f"{rule.name}.{column.key}"
+                name = f"{rule.name}.{column.key}"
+                if isinstance(parent, KeyRule) and plain(parent.column) is plain(remote):
                     return _KeyTarget(
                         f"{name} (= {parent.name}.{parent.attribute})",
                         parent.strategy,
                         _python_type(column),
+                        own_key=False,
+                    )
+                parent_ids = _id_strategy(plain(remote))
+                if parent_ids is not None:
+                    return _KeyTarget(
+                        f"{name} (= {parent.name}.{remote.key}, a shard-aware ID)",
+                        parent_ids,
+                        _python_type(column),
+                        own_key=False,
                     )
         return None
 
@@ -495,6 +520,8 @@ class _Analysis:
                 return _And(children)
             if clause.operator is operators.or_:
                 return _Or(children)
+        if isinstance(clause, Exists):
+            return _Unknown("EXISTS (...) does not restrict the outer shard key")
         if isinstance(clause, UnaryExpression):
             if clause.operator is operators.inv:
                 inner: Any = clause.element
@@ -506,8 +533,6 @@ class _Analysis:
             return _Unknown(f"{_short(clause)} is not a shard-key comparison")
         if isinstance(clause, BinaryExpression):
             return self.comparison(clause)
-        if isinstance(clause, Exists):
-            return _Unknown("EXISTS (...) does not restrict the outer shard key")
         return _Unknown(f"{_short(clause)} is not a shard-key comparison")
 
     def comparison(self, clause: BinaryExpression[Any]) -> _Node:
@@ -519,8 +544,9 @@ class _Analysis:
             targets = self.key_targets(left)
             if targets is None:
                 return _Unknown(f"{_short(clause)} is not on a shard key")
-            tables = {plain(getattr(base, "table", None)) for base in left.proxy_set}
-            if tables & self.outer_join_tables:
+            if not all(target.own_key for target in targets):
+                return _Unknown(f"{targets[0].description} IS NULL: a foreign key can be NULL")
+            if self.has_outer_join:
                 return _Unknown(
                     f"{targets[0].description} IS NULL: an outer join can produce NULL keys"
                 )
@@ -541,6 +567,8 @@ class _Analysis:
                 return _Unknown(f"{_short(clause)} is not on a shard key")
             if len(bounds) != 2 or not all(isinstance(b, BindParameter) for b in bounds):
                 return _Unknown(f"{_short(clause)}: bounds are not values")
+            if clause.modifiers.get("symmetric"):
+                return _Unknown(f"{targets[0].description} BETWEEN SYMMETRIC is not pruned")
             return _Between(targets, self.ref(bounds[0]), True, self.ref(bounds[1]), True)
         if operator in _FLIPPED:
             targets = self.key_targets(left)
@@ -582,6 +610,35 @@ class _Analysis:
         return _Unknown(f"{_short(clause)}: the IN list is not made of values")
 
 
+class IdStrategy(Strategy):
+    """Routes by a shard-aware ID: the shard is decoded from the ID itself.
+
+    Example::
+
+        IdStrategy(generator).shard_for(city.id)   # "europe"
+    """
+
+    def __init__(self, generator: Any) -> None:
+        self.generator = generator
+
+    def shard_for(self, value: Any) -> str | None:
+        try:
+            shard: str = self.generator.shard_of(value)
+        except Exception:  # not an ID of this layout: it proves nothing
+            return None
+        return shard
+
+    def describe(self) -> str:
+        return "shard-aware ID"
+
+
+def _id_strategy(column: Any) -> IdStrategy | None:
+    generator = generator_of(column)
+    if generator is None or not getattr(generator, "encodes_shard", False):
+        return None
+    return IdStrategy(generator)
+
+
 def _python_type(column: Any) -> type | None:
     try:
         python_type: type = column.type.python_type
@@ -604,6 +661,12 @@ def _tables_of(statement: Any) -> list[Table]:
     for element in visitors.iterate(statement):
         if isinstance(element, Table):
             seen[plain(element)] = None
+        elif isinstance(element, Select):
+            # joins along relationships only become FROM objects here
+            for source in element.get_final_froms():
+                for inner in visitors.iterate(source):
+                    if isinstance(inner, Table):
+                        seen[plain(inner)] = None
     return list(seen)
 
 
@@ -615,21 +678,20 @@ def _groups(tables: list[Table], rules: RuleBook) -> dict[Any, list[str]]:
         if rule is None:
             continue
         root = rule.root if isinstance(rule, FollowRule) else rule
-        groups.setdefault(root, []).append(str(table.name))
+        groups.setdefault(root.table, []).append(str(table.name))
     return groups
 
 
-def _outer_joined(statement: Any) -> set[Any]:
-    """Tables on the NULL-producing side of an outer join."""
-    result: set[Any] = set()
-    for element in visitors.iterate(statement):
-        if isinstance(element, Join) and (element.isouter or element.full):
-            sides = [element.right] + ([element.left] if element.full else [])
-            for side in sides:
-                for inner in visitors.iterate(side):
-                    if isinstance(inner, Table):
-                        result.add(plain(inner))
-    return result
+def _has_outer_join(statement: Any) -> bool:
+    """Whether any outer join appears, however it was written (ON clause, relationship).
+
+    Checked on the compiled text: ``Select.outerjoin()`` keeps its joins as
+    instructions that only become Join objects when compiled.
+    """
+    try:
+        return "OUTER JOIN" in str(statement.compile())
+    except Exception:  # cannot compile without a dialect: assume the worst
+        return True
 
 
 def shard_key_hints(statement: Any, rules: RuleBook) -> tuple[list[str], list[str]]:
@@ -652,7 +714,7 @@ def statement_label(statement: Any) -> str:
     >>> statement_label(select(City).join(City.reports))
     'SELECT cities, reports'
     """
-    kind = "SELECT" if isinstance(statement, Select) else type(statement).__name__.upper()
+    kind = "SELECT" if isinstance(statement, Select) else statement.__visit_name__.upper()
     target = getattr(statement, "table", None)
     sources = [target] if target is not None else getattr(statement, "get_final_froms", list)()
     tables: dict[str, None] = {}
@@ -719,6 +781,13 @@ class Router:
             source = getattr(statement, "select", None)
             if source is None:
                 return _Plan(None, "INSERT is routed by its rows, not analysed here")
+            target = self.rules.for_table(plain(statement.table))
+            if target is not None:
+                return _Plan(
+                    None,
+                    f"INSERT ... SELECT into the sharded table {statement.table.name}: its rows "
+                    "are not routed one by one",
+                )
             plan = self._analyse(source, positions)
             why = f"INSERT ... SELECT: {plan.why}" if plan.why else ""
             return _Plan(plan.predicate, why, plan.cacheable)
@@ -733,7 +802,7 @@ class Router:
                 "each shard can only combine its own rows",
             )
         analysis = _Analysis(self.rules, positions)
-        analysis.outer_join_tables = _outer_joined(statement)
+        analysis.has_outer_join = _has_outer_join(statement)
         if isinstance(statement, CompoundSelect):
             parts = [self._where(select, analysis) for select in statement.selects]
             if any(part is None for part in parts):
@@ -779,12 +848,21 @@ class Router:
             parameter_sets = list(parameters) or ({},)
         predicate = plan.predicate
         union: set[Any] = set()
+        unprunable = False
         for parameter_set in parameter_sets:
             allowed = predicate.shards(_Values(binds, parameter_set))
             if allowed is None:
-                union = set(every)
+                unprunable = True
                 break
             union |= allowed
+        if unprunable:
+            tree = _explain_all(predicate, binds, parameter_sets) if explain else None
+            return Route(
+                every,
+                lambda: _reason_text(_explain_all(predicate, binds, parameter_sets)),
+                explanation=tree,
+                scatter=True,
+            )
 
         def reason() -> str:
             return _reason_text(_explain_all(predicate, binds, parameter_sets))
@@ -796,7 +874,7 @@ class Router:
                 return Route((shard,), reason, explanation=tree)
         if union and union.issubset(self._order):
             shards = tuple(sorted(union, key=self._order.__getitem__))
-            return Route(shards, reason, explanation=tree, scatter=len(shards) == len(every))
+            return Route(shards, reason, explanation=tree)
         if not union:
 
             def empty_reason() -> str:

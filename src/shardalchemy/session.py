@@ -25,23 +25,27 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import event, exc, inspect
 from sqlalchemy.ext import horizontal_shard
 from sqlalchemy.ext.horizontal_shard import ShardedQuery
 from sqlalchemy.orm import Mapper, ORMExecuteState, RelationshipProperty
 from sqlalchemy.orm.state import InstanceState
+from sqlalchemy.sql import visitors
+from sqlalchemy.sql.elements import BindParameter
 
 from . import _compat
 from .errors import (
     MissingParentError,
     RoutingError,
     ScatterQueryError,
+    ShardingError,
     ShardKeyChangeError,
     ShardMapError,
     UnknownShardError,
 )
+from .ids.columns import generator_of
 from .models import FollowRule, KeyRule, Rule, RuleBook
 from .router import Explanation, Route, shard_key_hints, statement_label
 from .shardmap import ShardMap
@@ -344,6 +348,15 @@ class ShardedSession(horizontal_shard.ShardedSession):
             token = lazy_loaded_from.identity_token
             others = tuple(shard for shard in every if shard != token)
             return Route((token, *others), f"identity map: {token} (the parent's shard) first")
+        for column, value in zip(mapper.primary_key, primary_key, strict=False):
+            generator = generator_of(column)
+            if generator is not None and generator.encodes_shard and value is not None:
+                try:
+                    shard = generator.shard_of(value)
+                except ShardingError:
+                    continue  # not one of its IDs: search everywhere
+                if shard in every:
+                    return Route((shard,), f"{mapper.class_.__name__} ID {value!r} -> {shard}")
         rule = self._rule(mapper)
         if isinstance(rule, KeyRule):
             for column, value in zip(mapper.primary_key, primary_key, strict=False):
@@ -434,7 +447,10 @@ def _execute_on_shards(orm_context: ORMExecuteState) -> Any:
         if isinstance(chosen, Route):
             route = chosen  # the router's shards come from the shard map
         else:
-            route = Route(tuple(chosen), "execute_chooser")
+            shards = tuple(chosen)
+            route = Route(
+                shards, "execute_chooser", scatter=len(set(shards)) == len(session.shard_names)
+            )
             for shard in route.shards:
                 session.check_shard(shard, "the execute chooser's result")
         if not route.shards:
@@ -474,7 +490,7 @@ def _check_multi_shard(session: ShardedSession, orm_context: ORMExecuteState, ro
             "SELECT or pin it with set_shard_id(...)"
         )
     no_scatter = orm_context.execution_options.get("no_scatter", session.no_scatter)
-    if no_scatter and len(route.shards) == len(session.shard_names):
+    if no_scatter and route.scatter:
         tables: list[str] = []
         keys: list[str] = []
         if session.rules is not None:
@@ -501,22 +517,62 @@ def _refuse_unroutable_writes(session: ShardedSession, orm_context: ORMExecuteSt
             "supported yet)"
         )
     if orm_context.is_update:
-        assert session.rules is not None
-        table = getattr(statement, "table", None)
-        rule = session.rules.for_table(_compat.plain(table)) if table is not None else None
-        if isinstance(rule, KeyRule):
-            for column, value in _compat.dml_assignments(statement):
-                key = column if isinstance(column, str) else getattr(column, "key", None)
-                if key in (rule.attribute, rule.column.key):
-                    value = getattr(value, "value", value)  # a bound parameter's value
-                    raise ShardKeyChangeError(
-                        f"UPDATE of {rule.name} sets its shard key {rule.attribute} to "
-                        f"{value!r}, which would move rows between shards; that is not "
-                        "supported (delete the rows and insert new ones instead)",
-                        model=rule.name,
-                        attribute=rule.attribute,
-                        value=value,
-                    )
+        _refuse_shard_key_assignment(session, orm_context)
+
+
+def _protected_keys(rule: Rule) -> dict[str, str]:
+    """Names (column keys and attribute names) whose assignment could move rows: name -> shown."""
+    if isinstance(rule, KeyRule):
+        shown = f"its shard key {rule.attribute}"
+        return {rule.attribute: shown, str(rule.column.key): shown}
+    relationship = rule.relationship
+    names: dict[str, str] = {}
+    for local, _ in relationship.local_remote_pairs or ():
+        shown = f"{local.key}, the foreign key it follows its parent by"
+        names[str(local.key)] = shown
+        prop = relationship.parent.get_property_by_column(local)
+        names[prop.key] = shown
+    return names
+
+
+def _refuse_shard_key_assignment(session: ShardedSession, orm_context: ORMExecuteState) -> None:
+    """An UPDATE may not set what decides a row's shard: it would leave the row misplaced."""
+    assert session.rules is not None
+    statement = orm_context.statement
+    table = getattr(statement, "table", None)
+    rule = session.rules.for_table(_compat.plain(table)) if table is not None else None
+    if rule is None:
+        return
+    protected = _protected_keys(rule)
+    assigned: list[tuple[str, Any]] = []
+    for column, value in _compat.dml_assignments(statement):
+        key = column if isinstance(column, str) else getattr(column, "key", None)
+        if key in protected:
+            assigned.append((key, getattr(value, "value", value)))  # a bound value, unwrapped
+    parameters = orm_context.parameters
+    parameter_sets = [parameters] if isinstance(parameters, Mapping) else list(parameters or ())
+    if parameter_sets:
+        # execute-time parameters named like a column become SET clauses,
+        # unless the statement has a bound parameter of that name
+        bound = {
+            element.key
+            for element in visitors.iterate(cast(Any, statement))
+            if isinstance(element, BindParameter)
+        }
+        for parameter_set in parameter_sets:
+            for key, value in parameter_set.items():
+                if key in protected and key not in bound:
+                    assigned.append((key, value))
+    if assigned:
+        key, value = assigned[0]
+        raise ShardKeyChangeError(
+            f"UPDATE of {rule.name} sets {protected[key]} to {value!r}, which would move rows "
+            "between shards; that is not supported (delete the rows and insert new ones "
+            "instead)",
+            model=rule.name,
+            attribute=key,
+            value=value,
+        )
 
 
 def _check_flush(session: ShardedSession, flush_context: Any, instances: Any) -> None:
