@@ -18,6 +18,7 @@ Example::
         session.commit()
 """
 
+from . import ids
 from .errors import (
     MissingParentError,
     MissingShardKeyError,
@@ -66,6 +67,7 @@ __all__ = [
     "UnknownShardError",
     "UnknownShardKeyError",
     "assign_shard",
+    "ids",
     "set_shard_id",
     "shard_table",
 ]
