@@ -24,12 +24,13 @@ from models_weather import (
     deployed,
     new_cities,
 )
-from sqlalchemy import inspect, select
+from sqlalchemy import insert, inspect, select
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import selectinload
 
 from shardalchemy import (
+    BulkWriteError,
     ShardedSession,
     ShardMap,
     StatementLog,
@@ -196,6 +197,39 @@ def test_async_errors_write_nothing_and_session_stays_usable(deployment: Deploym
             await session.commit()
         assert deployment.rows("asia", "weather_locations", "id", "city") == [(1, "Tokyo")]
         assert deployment.total_rows() == 1
+
+    run_with(deployment, body)
+
+
+@over_async_backends
+def test_async_bulk_insert_routes_rows_and_undoes_a_refused_statement(
+    deployment: Deployment,
+) -> None:
+    continents = ["Asia", "Europe", "North America", "South America"]
+    rows = [  # enough rows that a sync session on servers would write shards at once
+        {"id": i, "continent": continents[i % 4], "city": f"city {i}"} for i in range(1, 1201)
+    ]
+
+    async def body(shard_map: ShardMap) -> None:
+        async with shard_map.async_sessionmaker(expire_on_commit=False)() as session:
+            returned = (
+                await session.scalars(insert(WeatherLocation).returning(WeatherLocation), rows)
+            ).all()
+            assert [city.id for city in returned] == [row["id"] for row in rows]
+            assert {inspect(city).key[2] for city in returned[:4]} == {
+                "asia",
+                "europe",
+                "north_america",
+                "south_america",
+            }
+            duplicate = {"id": 1, "continent": "Europe", "city": "again"}
+            extra = [{"id": 5000, "continent": "Asia", "city": "new"}, duplicate]
+            with pytest.raises(BulkWriteError) as caught:
+                await session.execute(insert(WeatherLocation), extra)
+            assert (caught.value.row_index, caught.value.shard) == (1, "europe")
+            await session.commit()  # the first statement's rows, none of the second's
+        assert deployment.total_rows() == len(rows)
+        assert len(deployment.rows("europe", "weather_locations", "id", "city")) == 300
 
     run_with(deployment, body)
 

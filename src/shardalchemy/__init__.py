@@ -20,6 +20,7 @@ Example::
 
 from . import ids
 from .errors import (
+    BulkWriteError,
     MissingParentError,
     MissingShardKeyError,
     ModelConfigurationError,
@@ -42,6 +43,7 @@ from .strategies import Function, Hash, Lookup, Range, Strategy
 __version__ = "0.1.0"
 
 __all__ = [
+    "BulkWriteError",
     "Explanation",
     "FollowParent",
     "Function",

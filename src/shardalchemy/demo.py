@@ -17,7 +17,19 @@ import datetime
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import Column, ForeignKey, Integer, String, Table, inspect, or_, select, update
+from sqlalchemy import (
+    Column,
+    ForeignKey,
+    Integer,
+    String,
+    Table,
+    func,
+    insert,
+    inspect,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from .inspection import StatementLog
@@ -295,6 +307,36 @@ def run(shard_map: ShardMap, *, on_step: Callable[[Step], None] | None = None) -
         )
         step.check(
             "identity_token of Tokyo's report", inspect(tokyo_report).identity_token == "asia"
+        )
+        finish(step)
+
+        step = Step("Bulk-insert 28 reports in one statement, routed row by row")
+        rows = [
+            {"location_id": city.id, "temperature": 60.0 + hour}
+            for hour in range(4)
+            for city in cities.values()
+        ]
+        log.clear()
+        with session.recording_routes() as routes:
+            session.execute(insert(Report), rows)
+            session.commit()
+        step.touches = _touches(routes)
+        step.sql_counts = dict(log.counts())
+        per_shard = {
+            shard: session.scalar(
+                select(func.count()).select_from(Report).options(set_shard_id(shard))
+            )
+            for shard in shard_map.shard_names
+        }
+        expected = {shard: 0 for shard in shard_map.shard_names}
+        for city in cities.values():
+            expected[CONTINENT_SHARDS[city.continent]] += 5  # its first report and 4 new ones
+        step.check("every report went to its city's shard", per_shard == expected, per_shard)
+        inserts = [entry.shard for entry in log.entries if entry.sql.startswith("INSERT")]
+        step.check(
+            "one INSERT (executemany) per shard",
+            sorted(inserts) == sorted(shard_map.shard_names),
+            inserts,
         )
         finish(step)
     return steps

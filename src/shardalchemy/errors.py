@@ -18,7 +18,13 @@ from typing import Any
 
 
 class ShardingError(Exception):
-    """Base class of every error raised by shardalchemy."""
+    """Base class of every error raised by shardalchemy.
+
+    ``row_index`` is set when the error concerns one row of a bulk write: the
+    0-based position of that row in the rows the caller passed.
+    """
+
+    row_index: int | None = None
 
 
 class ShardMapError(ShardingError):
@@ -114,7 +120,32 @@ class ScatterQueryError(RoutingError):
         super().__init__(message)
 
 
+class BulkWriteError(ShardingError):
+    """A bulk write failed on a shard: the database refused a row, or an UPDATE found no row.
+
+    ``row_index`` is the caller's 0-based index of the failing row (``None``
+    when it cannot be told), ``shard`` the shard that refused it (``None`` when
+    the row is on no shard), ``statement`` the statement's label; the database
+    error is chained as ``__cause__``.  None of the statement's rows remain on
+    any shard, and the session stays usable.
+
+    Example::
+
+        try:
+            session.execute(insert(City), rows)
+        except shardalchemy.BulkWriteError as error:
+            print(error.row_index, error.shard, error.__cause__)
+    """
+
+    def __init__(self, message: str, *, row_index: int | None, shard: Any, statement: str) -> None:
+        self.row_index = row_index
+        self.shard = shard
+        self.statement = statement
+        super().__init__(message)
+
+
 __all__ = [
+    "BulkWriteError",
     "MissingParentError",
     "MissingShardKeyError",
     "ModelConfigurationError",

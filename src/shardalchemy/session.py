@@ -24,6 +24,8 @@ records where each statement went and why.
 from __future__ import annotations
 
 import contextlib
+import functools
+import itertools
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, cast
 
@@ -35,7 +37,7 @@ from sqlalchemy.orm.state import InstanceState
 from sqlalchemy.sql import visitors
 from sqlalchemy.sql.elements import BindParameter
 
-from . import _compat
+from . import _compat, bulk
 from .errors import (
     MissingParentError,
     RoutingError,
@@ -175,15 +177,134 @@ class ShardedSession(horizontal_shard.ShardedSession):
             raise UnknownShardError(shard, self._shard_names, where)
         return shard
 
+    @property  # type: ignore[override]
+    def connection_callable(self) -> Any:
+        # SQLAlchemy's bulk code refuses a session with a per-object connection
+        # chooser; while a routed bulk batch runs, the batch's shard is "the"
+        # connection (see shardalchemy.bulk), so there is none to refuse
+        if bulk.shard_being_written(self) is not None:
+            return None
+        return super().connection_callable
+
     def get_bind(self, mapper: Any = None, *, shard_id: Any = None, **kw: Any) -> Any:
+        if shard_id is None:
+            shard_id = bulk.shard_being_written(self)
         if shard_id is not None:
-            self.check_shard(shard_id, "bind_arguments / get_bind(shard_id=...)")
+            if shard_id not in self._shard_names:  # check_shard(), inlined: every statement
+                self.check_shard(shard_id, "bind_arguments / get_bind(shard_id=...)")
         elif mapper is None and kw.get("instance") is None:
             raise RoutingError(
                 "a connection of a sharded session needs a shard: pass "
                 "bind_arguments={'shard_id': ...} (e.g. session.connection(bind_arguments=...))"
             )
         return super().get_bind(mapper, shard_id=shard_id, **kw)
+
+    # -- legacy bulk methods, routed row by row --------------------------------
+    def bulk_save_objects(
+        self,
+        objects: Iterable[object],
+        return_defaults: bool = False,
+        update_changed_only: bool = True,
+        preserve_order: bool = True,
+    ) -> None:
+        """SQLAlchemy's ``bulk_save_objects``, each object written to its own shard.
+
+        New objects go where their shard key (or parent) says, persistent ones
+        to the shard they were loaded from; all or nothing across shards.
+        """
+        if self.rules is None:
+            return super().bulk_save_objects(
+                objects, return_defaults, update_changed_only, preserve_order
+            )
+        states = [inspect(obj) for obj in objects]
+        order = range(len(states))
+        if not preserve_order:  # group like SQLAlchemy does: fewer, larger batches
+            order = sorted(order, key=lambda i: (id(states[i].mapper), states[i].key is not None))
+        writes = bulk.ShardWrites(
+            self, None, "bulk_save_objects()", _unused, bulk.concurrency(None)
+        )
+        try:
+            for (mapper, isupdate), group in itertools.groupby(
+                order, lambda i: (states[i].mapper, states[i].key is not None)
+            ):
+                indices = list(group)
+                self._bulk_write(
+                    writes,
+                    mapper,
+                    indices,
+                    [states[i] for i in indices],
+                    dict(
+                        isupdate=isupdate,
+                        isstates=True,
+                        return_defaults=return_defaults,
+                        update_changed_only=update_changed_only,
+                        render_nulls=False,
+                    ),
+                )
+        except BaseException:
+            writes.undo()
+            raise
+        writes.finish()
+
+    def _bulk_save_mappings(self, mapper: Any, mappings: Any, **options: Any) -> None:
+        # bulk_insert_mappings() / bulk_update_mappings() end here
+        if self.rules is None:
+            return super()._bulk_save_mappings(mapper, mappings, **options)
+        mapper = inspect(mapper)
+        rows = list(mappings)
+        verb = "update" if options["isupdate"] else "insert"
+        label = f"bulk_{verb}_mappings({mapper.class_.__name__})"
+        writes = bulk.ShardWrites(self, None, label, _unused, bulk.concurrency(None))
+        try:
+            self._bulk_write(writes, mapper, list(range(len(rows))), rows, options)
+        except BaseException:
+            writes.undo()
+            raise
+        writes.finish()
+
+    def _bulk_write(
+        self,
+        writes: bulk.ShardWrites,
+        mapper: Mapper[Any],
+        indices: list[int],
+        rows: list[Any],
+        options: dict[str, Any],
+    ) -> None:
+        """Route ``rows`` (dicts, or states of objects) and write them per shard."""
+        label = writes.label
+        if options["isstates"]:
+            if options["isupdate"]:
+                shards = [state.key[2] for state in rows]
+            else:
+                shards = []
+                for index, state in zip(indices, rows, strict=True):
+                    try:
+                        shards.append(self._place(state).shards[0])
+                    except ShardingError as error:
+                        raise bulk._about_row(error, index, label) from error.__cause__
+        elif options["isupdate"]:
+            router = bulk.UpdateRouter(self, mapper, label)
+            shards = router.shards_of(list(zip(indices, rows, strict=True)))
+        else:
+            row_router = bulk.RowRouter(self, mapper, label)
+            shards = [row_router.shard_of(i, row) for i, row in zip(indices, rows, strict=True)]
+        with _compat.flushing(self):
+            writes.write_many(
+                bulk.group(indices, rows, shards),
+                functools.partial(self._bulk_run, mapper, options),
+            )
+        if options["isstates"] and not options["isupdate"]:
+            for state, shard in zip(rows, shards, strict=True):
+                state.identity_token = shard
+                if state.key is not None and state.key[2] is None:  # set by return_defaults
+                    state.key = (state.key[0], state.key[1], shard)
+
+    def _bulk_run(
+        self, mapper: Mapper[Any], options: dict[str, Any], shard: Any, rows: list[Any]
+    ) -> None:
+        """Write one shard's rows through SQLAlchemy's bulk code, on that shard."""
+        with bulk.writing_to(self, shard):
+            _compat.bulk_save(self, mapper, rows, **options)
 
     # -- route records -------------------------------------------------------
     @contextlib.contextmanager
@@ -440,9 +561,14 @@ def _execute_on_shards(orm_context: ORMExecuteState) -> Any:
         shard, reason = explicit
         session.check_shard(shard, reason)
         route = Route((shard,), reason)
-    else:
-        if session.rules is not None and not orm_context.is_select:
-            _refuse_unroutable_writes(session, orm_context)
+    if not orm_context.is_select and (orm_context.is_insert or orm_context.is_update):
+        # INSERT rows and ORM UPDATE-by-primary-key rows are routed one by one
+        written = bulk.execute_write(session, orm_context, explicit)
+        if written is not bulk.NOT_HANDLED:
+            return written
+    if explicit is None:
+        if session.rules is not None and orm_context.is_update:
+            _refuse_shard_key_assignment(session, orm_context)
         chosen = session.execute_chooser(orm_context)
         if isinstance(chosen, Route):
             route = chosen  # the router's shards come from the shard map
@@ -505,19 +631,6 @@ def _check_multi_shard(session: ShardedSession, orm_context: ORMExecuteState, ro
             tables=tables,
             missing=keys,
         )
-
-
-def _refuse_unroutable_writes(session: ShardedSession, orm_context: ORMExecuteState) -> None:
-    statement = orm_context.statement
-    if orm_context.is_insert and getattr(statement, "select", None) is None:
-        raise RoutingError(
-            f"{statement_label(statement)} through session.execute() has no shard: add objects "
-            "with session.add(), or pin the statement with set_shard_id(...) / "
-            "bind_arguments={'shard_id': ...} (row-by-row routing of bulk INSERT is not "
-            "supported yet)"
-        )
-    if orm_context.is_update:
-        _refuse_shard_key_assignment(session, orm_context)
 
 
 def _protected_keys(rule: Rule) -> dict[str, str]:
@@ -629,3 +742,7 @@ def _refuse_shard_move(session: ShardedSession, state: InstanceState[Any]) -> No
             attribute=attribute,
             value=new_value,
         )
+
+
+def _unused(shard: Any, rows: list[Any]) -> Any:  # pragma: no cover - every write passes its run
+    raise AssertionError("a bulk write without its writer")
