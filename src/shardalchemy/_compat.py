@@ -38,7 +38,7 @@ def explicit_identity_token(orm_context: ORMExecuteState) -> Any:
     refreshes of an object already loaded from a shard, and by loaders that
     inherit their parent's shard.
     """
-    if orm_context.is_select:
+    if orm_context.statement.is_select:  # what .is_select reads, without a property call
         return orm_context.load_options._identity_token
     if orm_context.is_update or orm_context.is_delete:
         return orm_context.update_delete_options._identity_token
@@ -46,10 +46,25 @@ def explicit_identity_token(orm_context: ORMExecuteState) -> Any:
 
 
 def lazy_loaded_from(orm_context: ORMExecuteState) -> Any:
-    """The ``InstanceState`` whose lazy load this statement is, or ``None``."""
+    """The ``InstanceState`` whose lazy load this statement is, or ``None``.
+
+    ``ORMExecuteState.lazy_loaded_from`` is public but raises for statements
+    other than SELECT.
+    """
     if orm_context.is_select:
         return orm_context.load_options._lazy_loaded_from
     return None
+
+
+def may_be_relationship_load(orm_context: ORMExecuteState) -> bool:
+    """False when ``orm_context.is_relationship_load`` is surely False; cheap.
+
+    The public property builds the loader path twice; it is asked for every
+    statement, and almost every statement is at the root path (an empty
+    ``_current_path`` in its ORM compile options), so look at that first.
+    """
+    compile_options = getattr(orm_context.statement, "_compile_options", None)
+    return bool(getattr(compile_options, "_current_path", None))
 
 
 def dml_assignments(statement: Any) -> list[tuple[Any, Any]]:

@@ -25,7 +25,9 @@ A statement that reads tables sharded independently of each other (not
 co-located) goes to every shard, and the route says so.
 
 The analysis depends only on the statement's shape, so it is cached per
-SQLAlchemy cache key; each execution only re-reads the parameter values.
+SQLAlchemy cache key; each execution only re-reads the parameter values.  The
+commonest shape, ``shard_key = :value``, also compiles to one small function
+(:meth:`Router.single_shard`, what the session runs for it).
 
 Example::
 
@@ -40,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any, cast
 
 from sqlalchemy import Column, CompoundSelect, Delete, Insert, Select, Table, Update
@@ -155,6 +158,7 @@ class Explanation:
 # -- the analysed shape ---------------------------------------------------------
 
 _MISSING = object()
+_NO_PARAMETERS: Mapping[str, Any] = MappingProxyType({})
 
 
 class _Values:
@@ -424,6 +428,84 @@ class _Plan:
     predicate: _Node | None  # None: nothing prunes, ``why`` says why
     why: str
     cacheable: bool = True  # False when a compared bind is not in the cache key
+    # (binds, parameters) -> the one shard, or None: see _single_shard_function
+    single: _SingleShard | None = dataclasses.field(
+        init=False, default=None, compare=False, repr=False
+    )
+
+    def __post_init__(self) -> None:
+        # compiled once per statement shape; frozen, hence object.__setattr__
+        single = _single_shard_function(self.predicate) if self.predicate is not None else None
+        object.__setattr__(self, "single", single)
+
+
+# The fast path of the common route, ``shard_key = :value`` (possibly ANDed with
+# predicates that do not prune): one function of (the cache key's binds, the
+# execution's parameters) that returns the one shard, or None when it cannot
+# decide alone.  None is not a verdict: Router.route() then decides, so the
+# fast path only has to agree with route() when it does return a shard.
+_SingleShard = Callable[[Sequence[BindParameter[Any]], Mapping[str, Any]], Any]
+
+
+def _single_shard_function(node: _Node) -> _SingleShard | None:
+    """The fast path of ``node``, or None if its shape has none."""
+    if isinstance(node, _In):
+        return _single_equality(node)
+    if isinstance(node, _And):
+        picks: list[_SingleShard] = []
+        for child in node.children:
+            if isinstance(child, _Unknown):
+                continue  # allows every shard: nothing to intersect
+            pick = _single_shard_function(child)
+            if pick is None:
+                return None  # a child that may narrow to no shard: route() decides
+            picks.append(pick)
+        if not picks:
+            return None
+        if len(picks) == 1:
+            return picks[0]
+
+        def intersection(binds: Sequence[BindParameter[Any]], parameters: Mapping[str, Any]) -> Any:
+            chosen = None
+            for pick in picks:
+                shard = pick(binds, parameters)
+                if shard is None or (chosen is not None and shard != chosen):
+                    return None  # undecided, or an empty intersection
+                chosen = shard
+            return chosen
+
+        return intersection
+    return None
+
+
+def _single_equality(node: _In) -> _SingleShard | None:
+    """``key = :value`` as one closure: _Values.value + _In.shards, for one value."""
+    if node.is_list or node.tuple_index is not None or len(node.operand) != 1:
+        return None
+    if len(node.targets) != 1:
+        return None
+    (reference,) = node.operand
+    position, fixed_bind = reference.position, reference.bind
+    expected = node.targets[0].python_type
+    shard_for = node.targets[0].strategy.shard_for
+
+    def equality(binds: Sequence[BindParameter[Any]], parameters: Mapping[str, Any]) -> Any:
+        bind = binds[position] if position >= 0 else fixed_bind
+        key = bind.key
+        if key in parameters:
+            value = parameters[key]
+        elif parameters or (bind.callable is None and bind.value is None and bind.required):
+            return None  # perhaps given under another name, or not at all
+        else:
+            value = bind.effective_value  # a value in the statement
+        if value is None or (expected is not None and not isinstance(value, expected)):
+            return None  # "= NULL" matches no row; a value of another type proves nothing
+        try:
+            return shard_for(value)
+        except Exception:  # a user strategy that fails must not break queries
+            return None
+
+    return equality
 
 
 # -- analysis ---------------------------------------------------------------------
@@ -737,6 +819,11 @@ class Router:
         self._order = {name: index for index, name in enumerate(self.shard_names)}
         self._cache: dict[Any, _Plan] = {}
         self._cache_size = cache_size
+        # the last statement single_shard() planned: (its cache key object, plan).
+        # SQLAlchemy memoizes a statement's cache key, so a statement executed
+        # again is recognised by identity, without hashing its key; one tuple,
+        # replaced whole, so threads read a consistent pair
+        self._recent: tuple[Any, _Plan | None] = (None, None)
 
     def route(
         self,
@@ -756,12 +843,51 @@ class Router:
         plan, binds = self._plan(statement)
         return self._evaluate(plan, binds, parameters, explain=True)
 
-    # -- planning, cached per statement shape -------------------------------------
-    def _plan(self, statement: Any) -> tuple[_Plan, Sequence[BindParameter[Any]]]:
-        cache_key = None
+    def single_shard(
+        self,
+        statement: Any,
+        parameters: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+    ) -> Any:
+        """The one shard :meth:`route` would choose, or ``None`` when it may not be one.
+
+        The fast path for the common ``shard_key = :value`` statement: no
+        :class:`Route`, no reason.  ``None`` does not mean "no shard": it means
+        "ask :meth:`route`" (several shards, no proof, an executemany...).
+
+        Example::
+
+            router.single_shard(select(City).where(City.continent == "Asia"))  # "asia"
+            router.single_shard(select(City))                                  # None
+        """
+        if parameters is None:
+            parameters = _NO_PARAMETERS
+        elif not isinstance(parameters, dict) and not isinstance(parameters, Mapping):
+            # (a dict is checked first: an ABC's isinstance is slow on the hot path)
+            return None  # executemany: route() unions the parameter sets
         generate = getattr(statement, "_generate_cache_key", None)
-        if generate is not None:
-            cache_key = generate()
+        cache_key = generate() if generate is not None else None
+        if cache_key is None:
+            return None
+        recent_key, plan = self._recent
+        if recent_key is not cache_key or plan is None:
+            plan = self._plan(statement, cache_key)[0]
+            if plan.cacheable:  # remembered like route() remembers shapes
+                self._recent = (cache_key, plan)
+        single = plan.single
+        if single is None:
+            return None
+        shard = single(cache_key.bindparams, parameters)
+        return shard if shard in self._order else None  # unknown names: route() explains
+
+    # -- planning, cached per statement shape -------------------------------------
+    def _plan(
+        self, statement: Any, cache_key: Any = _MISSING
+    ) -> tuple[_Plan, Sequence[BindParameter[Any]]]:
+        if cache_key is _MISSING:
+            cache_key = None
+            generate = getattr(statement, "_generate_cache_key", None)
+            if generate is not None:
+                cache_key = generate()
         if cache_key is None:
             return self._analyse(statement, {}), ()
         plan = self._cache.get(cache_key.key)

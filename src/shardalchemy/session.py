@@ -531,14 +531,19 @@ def _explicit_shard(
     token = _compat.explicit_identity_token(orm_context)
     if token is not None:
         return token, f"identity token {token!r} (object loaded from that shard)"
-    options = orm_context.execution_options  # a merge each time it is read: read once
+    options = orm_context.execution_options
     if "_sa_shard_id" in options:
         shard = options["_sa_shard_id"]
         return shard, f"execution option _sa_shard_id={shard!r}"
-    if "shard_id" in orm_context.bind_arguments:
-        shard = orm_context.bind_arguments["shard_id"]
+    bind_arguments = orm_context.bind_arguments
+    if "shard_id" in bind_arguments:
+        shard = bind_arguments["shard_id"]
         return shard, f"bind_arguments shard_id={shard!r}"
-    if session.rules is not None and orm_context.is_relationship_load:
+    if (
+        session.rules is not None
+        and _compat.may_be_relationship_load(orm_context)  # cheap: mostly False
+        and orm_context.is_relationship_load
+    ):
         # a lazy load, or an eager loader's query run per shard of its parents
         state = _compat.lazy_loaded_from(orm_context)
         token = state.identity_token if state is not None else None
@@ -569,6 +574,13 @@ def _execute_on_shards(orm_context: ORMExecuteState) -> Any:
     if explicit is None:
         if session.rules is not None and orm_context.is_update:
             _refuse_shard_key_assignment(session, orm_context)
+        shard = _routed_shard(session, orm_context)
+        if shard is not None:
+            # the common case, one shard the router proved: go on on that shard
+            # as below, without building a Route that nobody reads
+            orm_context.bind_arguments["shard_id"] = shard
+            orm_context.update_execution_options(identity_token=shard)
+            return None
         chosen = session.execute_chooser(orm_context)
         if isinstance(chosen, Route):
             route = chosen  # the router's shards come from the shard map
@@ -742,6 +754,28 @@ def _refuse_shard_move(session: ShardedSession, state: InstanceState[Any]) -> No
             attribute=attribute,
             value=new_value,
         )
+
+
+def _routed_shard(session: ShardedSession, orm_context: ORMExecuteState) -> Any:
+    """The one shard the declarative router proves for this execution, or ``None``.
+
+    The fast path of :func:`_execute_on_shards`: only when the execute chooser
+    is the session's own router (not a user's chooser) and no route is being
+    recorded.  ``None`` means "take the general path", never "no shard".
+    """
+    if session._route_log is not None:
+        return None  # recording_routes() wants the Route, reason and all
+    chooser = session.execute_chooser
+    # the router's chooser is this very session's _route, a bound method; a
+    # user's chooser (or a subclass overriding _route) takes the general path
+    if getattr(chooser, "__func__", None) is not _ROUTER_CHOOSER:
+        return None
+    if chooser.__self__ is not session or session.shard_map is None:
+        return None
+    return session.shard_map.router.single_shard(orm_context.statement, orm_context.parameters)
+
+
+_ROUTER_CHOOSER = ShardedSession._route  # the execute_chooser of declarative mode
 
 
 def _unused(shard: Any, rows: list[Any]) -> Any:  # pragma: no cover - every write passes its run
