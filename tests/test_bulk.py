@@ -14,6 +14,7 @@ and atomicity tests run on every backend x placement; the rest on SQLite (all pl
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -1123,3 +1124,52 @@ def test_by_shard_helper() -> None:
         (109, "Asia", "Delhi"),
     ]
     assert shards_of(NEW_CITIES) == set(SHARDS)
+
+
+# -- several shards written at once (servers only) -----------------------------------------
+
+servers_only = pytest.mark.parametrize("backend", ["postgresql", "mariadb"], indirect=True)
+
+
+@servers_only
+@pytest.mark.parametrize("placement", ["database"], indirect=True)
+def test_concurrent_shard_writes_route_and_undo_like_sequential_ones(
+    deployment: Deployment,
+) -> None:
+    continents = list(CONTINENTS)
+    rows = [(i, continents[i % 4], f"city {i}") for i in range(1, 4001)]
+    concurrently = {"bulk_concurrency": 4}
+    threads: set[str] = set()
+
+    def note_thread(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.startswith("INSERT"):
+            threads.add(threading.current_thread().name)
+
+    engines = [deployment.shard_map.bind(shard) for shard in SHARDS]
+    for engine in engines:
+        sa.event.listen(engine, "before_cursor_execute", note_thread)
+    with (
+        deployment.shard_map.sessionmaker()() as session,
+        StatementLog(deployment.shard_map) as log,
+    ):
+        returned = session.scalars(
+            insert(WeatherLocation).returning(WeatherLocation.id),
+            city_dicts(rows),
+            execution_options=concurrently,
+        ).all()
+        assert returned == [row[0] for row in rows]  # the caller's order
+        assert len(threads) > 1 and "MainThread" not in threads, threads  # really at once
+        assert writes_per_shard(log, "INSERT") == Counter(dict.fromkeys(SHARDS, 1))
+        # a duplicate on one shard, found while the others are written at the same time
+        later = [(5000 + i, continents[i % 4], "later") for i in range(2000)]
+        later[1234] = (4, continents[4 % 4], "again")  # id 4 is on that shard already
+        with pytest.raises(BulkWriteError) as raised:
+            session.execute(
+                insert(WeatherLocation), city_dicts(later), execution_options=concurrently
+            )
+        assert_names_row(raised.value, 1234)
+        assert raised.value.shard == CONTINENTS[continents[0]]
+        session.commit()
+    for engine in engines:
+        sa.event.remove(engine, "before_cursor_execute", note_thread)
+    assert stored_cities(deployment) == by_shard(rows)
