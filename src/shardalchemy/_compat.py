@@ -67,6 +67,36 @@ def may_be_relationship_load(orm_context: ORMExecuteState) -> bool:
     return bool(getattr(compile_options, "_current_path", None))
 
 
+def on_loader_path(statement: Any) -> bool:
+    """Whether a statement is a relationship loader's (it has a non-root loader path)."""
+    compile_options = getattr(statement, "_compile_options", None)
+    return bool(getattr(compile_options, "_current_path", None))
+
+
+class _NoMoreEvents:
+    """Stands in for the ``ORMExecuteState`` SQLAlchemy resumes a statement from.
+
+    ``Session._execute_internal(..., _parent_execute_state=state)`` runs only
+    the ``do_orm_execute`` hooks after the one ``state`` is at; this one has
+    none left.  The session passes it for a statement it has already routed,
+    when its own hook is the only one, so SQLAlchemy skips building an
+    ``ORMExecuteState`` and a second pre-execution pass (about 9 µs a query).
+    """
+
+    @staticmethod
+    def _remaining_events() -> tuple[()]:
+        return ()
+
+
+NO_MORE_EVENTS = _NoMoreEvents()
+
+
+def execute_internal(session_class: Any) -> Any:
+    """SQLAlchemy's ``Session._execute_internal``: where execute(), scalars(), scalar(),
+    get() and every loader's statement meet."""
+    return session_class._execute_internal
+
+
 def dml_assignments(statement: Any) -> list[tuple[Any, Any]]:
     """(column or key, value) pairs an UPDATE statement's ``.values()`` assigns."""
     values = getattr(statement, "_values", None) or {}

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
+import types
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, cast
 
@@ -53,6 +54,7 @@ from .router import Explanation, Route, shard_key_hints, statement_label
 from .shardmap import ShardMap
 
 _EXPLICIT_SHARD = "shardalchemy.explicit_shard"
+_EMPTY: Mapping[str, Any] = types.MappingProxyType({})
 
 
 class set_shard_id(horizontal_shard.set_shard_id):
@@ -305,6 +307,75 @@ class ShardedSession(horizontal_shard.ShardedSession):
         """Write one shard's rows through SQLAlchemy's bulk code, on that shard."""
         with bulk.writing_to(self, shard):
             _compat.bulk_save(self, mapper, rows, **options)
+
+    # -- the hot path: statements routed before SQLAlchemy's hooks ------------
+    def _execute_internal(  # type: ignore[override]
+        self,
+        statement: Any,
+        params: Any = None,
+        *,
+        execution_options: Any = _EMPTY,
+        bind_arguments: Any = None,
+        _parent_execute_state: Any = None,
+        _add_event: Any = None,
+        _scalar_result: bool = False,
+    ) -> Any:
+        # every execute(), scalars(), scalar(), get() and loader statement
+        # passes here.  A SELECT the router pins to one shard, in a session
+        # whose only do_orm_execute hook is its own, is sent straight to that
+        # shard: the hook would decide exactly this, and running it (an
+        # ORMExecuteState, a second pre-execution pass) costs more than the
+        # routing itself.  Anything else goes through the hook as usual.
+        if _parent_execute_state is None and _add_event is None:
+            shard = self._shard_before_hooks(statement, params, execution_options, bind_arguments)
+            if shard is not None:
+                bind_arguments = (
+                    {**bind_arguments, "shard_id": shard} if bind_arguments else {"shard_id": shard}
+                )
+                execution_options = (
+                    {**execution_options, "identity_token": shard}
+                    if execution_options
+                    else {"identity_token": shard}
+                )
+                _parent_execute_state = _compat.NO_MORE_EVENTS
+        return _SESSION_EXECUTE(
+            self,
+            statement,
+            params,
+            execution_options=execution_options,
+            bind_arguments=bind_arguments,
+            _parent_execute_state=_parent_execute_state,
+            _add_event=_add_event,
+            _scalar_result=_scalar_result,
+        )
+
+    def _shard_before_hooks(
+        self, statement: Any, params: Any, execution_options: Any, bind_arguments: Any
+    ) -> Any:
+        """The one shard of a plain SELECT, if it can be known without the hook; else None."""
+        if (
+            self._route_log is not None  # recording_routes() wants the Route, reason and all
+            or not getattr(statement, "is_select", False)
+            or (bind_arguments and "shard_id" in bind_arguments)
+            or (execution_options and not _PLAIN_OPTIONS.issuperset(execution_options))
+            or len(self.dispatch.do_orm_execute) != 1  # a hook of the user's runs too
+            or _compat.on_loader_path(statement)
+        ):
+            return None
+        if getattr(statement, "_with_options", None) and any(
+            isinstance(option, horizontal_shard.set_shard_id)
+            for option in _compat.statement_options(statement)
+        ):
+            return None
+        chooser = self.execute_chooser
+        # declarative mode with the session's own router as execute chooser only
+        if (
+            getattr(chooser, "__func__", None) is not _ROUTER_CHOOSER
+            or chooser.__self__ is not self
+        ):
+            return None
+        assert self.shard_map is not None
+        return self.shard_map.router.single_shard(statement, params)
 
     # -- route records -------------------------------------------------------
     @contextlib.contextmanager
@@ -776,6 +847,12 @@ def _routed_shard(session: ShardedSession, orm_context: ORMExecuteState) -> Any:
 
 
 _ROUTER_CHOOSER = ShardedSession._route  # the execute_chooser of declarative mode
+_SESSION_EXECUTE = _compat.execute_internal(horizontal_shard.ShardedSession)
+# execution options that do not change where a SELECT goes or how its hook would
+# treat it (others, e.g. the load options of get() and lazy loads, take the hook)
+_PLAIN_OPTIONS = frozenset(
+    {"populate_existing", "autoflush", "yield_per", "stream_results", "max_row_buffer"}
+)
 
 
 def _unused(shard: Any, rows: list[Any]) -> Any:  # pragma: no cover - every write passes its run
