@@ -206,11 +206,14 @@ class Hash(Strategy):
         owners = self._owners
         if owners is None:
             raise ShardMapError("Hash strategy is not bound to shards; pass shards=[...]")
-        try:
-            encoded = stable_key_bytes(value)
-        except TypeError:
-            return None
-        # bucket_for(), inlined: this runs for every routed statement
+        if type(value) is int:  # the common key, encoded as stable_key_bytes() does
+            encoded = b"i:%d" % value
+        else:
+            try:
+                encoded = stable_key_bytes(value)
+            except TypeError:
+                return None
+        # bucket_for(), inlined: this runs for every routed statement and bulk row
         digest = hashlib.blake2b(encoded, digest_size=8).digest()
         return owners[int.from_bytes(digest, "big") % self.buckets]
 
