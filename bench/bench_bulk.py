@@ -66,7 +66,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -79,6 +78,7 @@ from typing import Any
 
 import psycopg
 import sqlalchemy as sa
+from _machine import machine
 from sqlalchemy import BigInteger, Float, Integer, String, create_engine, insert, text
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
@@ -165,25 +165,13 @@ def peak_rss_kb() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KB on Linux, bytes on macOS
 
 
-def machine(engine: Engine) -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+def machine_with_server(engine: Engine) -> dict[str, Any]:
     with engine.connect() as connection:
         server = connection.exec_driver_sql("SHOW server_version").scalar_one()
     return {
-        "nproc": os.cpu_count(),
-        "cpu": cpu,
-        "python": platform.python_version(),
-        "sqlalchemy": sa.__version__,
+        **machine(),
         "psycopg": f"{psycopg.__version__} ({psycopg.pq.__impl__})",
         "postgresql": server,
-        "platform": platform.platform(),
     }
 
 
@@ -365,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     shard_urls, one_url = database_urls(base, shards)
     names = [url.database for url in [*shard_urls.values(), one_url]]
     admin = create_engine(base, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
-    info = machine(admin)
+    info = machine_with_server(admin)
     create_databases(admin, names)  # type: ignore[arg-type]
     try:
         result = measure(options, variants, shards, model, strategy, shard_urls, one_url, admin)

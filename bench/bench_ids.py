@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -38,10 +37,10 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from _machine import machine
 from sqlalchemy.engine import URL, make_url
 
 from shardalchemy.ids import (
@@ -66,24 +65,6 @@ def measure(call: Callable[[], Any], seconds: float, chunk: int) -> float:
         elapsed = time.perf_counter() - start
         if elapsed >= seconds:
             return calls / elapsed
-
-
-def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "nproc": os.cpu_count(),
-        "cpu": cpu,
-        "python": platform.python_version(),
-        "sqlalchemy": sa.__version__,
-        "platform": platform.platform(),
-    }
 
 
 @contextmanager

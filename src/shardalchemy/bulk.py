@@ -44,7 +44,6 @@ from . import _compat
 from .errors import (
     BulkWriteError,
     MissingParentError,
-    MissingShardKeyError,
     RoutingError,
     ShardingError,
     ShardKeyChangeError,
@@ -222,17 +221,10 @@ class RowRouter:
         def shard(row: Mapping[str, Any]) -> Any:
             value = _value(row, names)
             if value is _MISSING:
-                value = default
-            if value is _MISSING:
-                raise MissingShardKeyError(
-                    f"{rule.name}.{rule.attribute} is not given; a sharded row needs its shard "
-                    f"key to choose its shard ({strategy.describe()})",
-                    model=rule.name,
-                    attribute=rule.attribute,
-                    value=None,
-                )
+                value = None if default is _MISSING else default
             found = strategy.shard_for(value) if value is not None else None
-            return found if found is not None else rule.shard_for_value(value)  # raises
+            # shard_for_value() raises the clear error for a missing or unknown key
+            return found if found is not None else rule.shard_for_value(value)
 
         return shard
 
