@@ -648,9 +648,9 @@ def test_string_range_in_a_linguistic_collation(make_database: MakeDatabase) -> 
 
 @pytest.mark.xfail(
     strict=True,
-    reason="bug: router.py:328-347 (_In.shards) trusts Hash.shard_for for strings, but MariaDB's "
-    "default collation is case-insensitive: name = 'ACCT-0' matches the row 'acct-0', which "
-    "the hash placed on another shard",
+    reason="bug: router.py's _In.shards and single-shard fast path trust Hash.shard_for for "
+    "strings, but MariaDB's default collation is case-insensitive: name = 'ACCT-0' matches "
+    "the row 'acct-0', which the hash placed on another shard",
 )
 @pytest.mark.mariadb
 def test_hashed_string_key_under_a_case_insensitive_collation(make_database: MakeDatabase) -> None:
