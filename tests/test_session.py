@@ -735,3 +735,18 @@ def test_first_statement_select_routes_by_shard_key(
             ).all()
             assert [c.city for c in cities] == ["Tokyo"]
             assert log.shards() == ["asia"]
+
+
+def test_a_chooser_assigned_later_replaces_the_router(deployment: Deployment) -> None:
+    # plain single-shard SELECTs skip the do_orm_execute hook only while the session's
+    # own router chooses; a chooser set on the session afterwards must decide instead
+    shard_map = deployment.shard_map
+    store_seed(shard_map)
+    asian = select(WeatherLocation).where(WeatherLocation.continent == "Asia")
+    with shard_map.sessionmaker()() as session, StatementLog(shard_map) as log:
+        assert [c.city for c in session.scalars(asian)] == ["Tokyo"]
+        assert log.shards() == ["asia"]
+        session.execute_chooser = lambda context: ["europe"]
+        log.clear()
+        assert session.scalars(asian).all() == []  # the chooser sent it to europe
+        assert log.shards() == ["europe"]

@@ -127,6 +127,9 @@ class ShardedSession(horizontal_shard.ShardedSession):
         ``no_scatter`` execution option overrides it)."""
         self.rules = None
         self._route_log: list[Route] | None = None
+        self._own_router = False
+        self._last_statement: Any = None  # the statement _plain_select() last judged
+        self._last_plain = False
         if shard_map is not None:
             if not isinstance(shard_map, ShardMap):
                 raise ShardMapError(f"shard_map must be a shardalchemy.ShardMap, not {shard_map!r}")
@@ -354,28 +357,35 @@ class ShardedSession(horizontal_shard.ShardedSession):
     ) -> Any:
         """The one shard of a plain SELECT, if it can be known without the hook; else None."""
         if (
-            self._route_log is not None  # recording_routes() wants the Route, reason and all
-            or not getattr(statement, "is_select", False)
+            not self._own_router  # a chooser of the user's decides
+            or self._route_log is not None  # recording_routes() wants the Route, reason and all
             or (bind_arguments and "shard_id" in bind_arguments)
             or (execution_options and not _PLAIN_OPTIONS.issuperset(execution_options))
             or len(self.dispatch.do_orm_execute) != 1  # a hook of the user's runs too
-            or _compat.on_loader_path(statement)
         ):
             return None
-        if getattr(statement, "_with_options", None) and any(
-            isinstance(option, horizontal_shard.set_shard_id)
-            for option in _compat.statement_options(statement)
-        ):
-            return None
-        chooser = self.execute_chooser
-        # declarative mode with the session's own router as execute chooser only
-        if (
-            getattr(chooser, "__func__", None) is not _ROUTER_CHOOSER
-            or chooser.__self__ is not self
-        ):
+        # what the statement itself allows is the same at every execution of it
+        if statement is not self._last_statement:
+            self._last_plain = _plain_select(statement)
+            self._last_statement = statement
+        if not self._last_plain:
             return None
         assert self.shard_map is not None
         return self.shard_map.router.single_shard(statement, params)
+
+    @property
+    def execute_chooser(self) -> Any:
+        """The execute chooser: the router in declarative mode, or the one passed in."""
+        return self._execute_chooser
+
+    @execute_chooser.setter
+    def execute_chooser(self, chooser: Any) -> None:
+        self._execute_chooser = chooser
+        # the fast path is for the session's own router only (not a user's
+        # chooser, nor a subclass's _route)
+        self._own_router = (
+            getattr(chooser, "__func__", None) is ShardedSession._route and chooser.__self__ is self
+        )
 
     # -- route records -------------------------------------------------------
     @contextlib.contextmanager
@@ -825,6 +835,16 @@ def _refuse_shard_move(session: ShardedSession, state: InstanceState[Any]) -> No
             attribute=attribute,
             value=new_value,
         )
+
+
+def _plain_select(statement: Any) -> bool:
+    """A SELECT that is not a loader's and not pinned by ``set_shard_id``."""
+    if not getattr(statement, "is_select", False) or _compat.on_loader_path(statement):
+        return False
+    return not any(
+        isinstance(option, horizontal_shard.set_shard_id)
+        for option in _compat.statement_options(statement)
+    )
 
 
 def _routed_shard(session: ShardedSession, orm_context: ORMExecuteState) -> Any:
