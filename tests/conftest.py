@@ -8,6 +8,9 @@ Fixtures (all function scope; every database they create is dropped at teardown)
 - ``postgresql_url -> URL`` / ``mariadb_url -> URL``: one fresh database on that server.
 - ``backend -> str``: parametrized over "sqlite", "postgresql", "mariadb" (the server params
   carry the ``postgresql``/``mariadb`` marks), for ``url = make_database(backend)``.
+- ``deployment -> Deployment``: the weather models deployed for (``backend``, ``placement``),
+  tables created, no rows; ``placement`` is parametrized over the three placements, and the
+  deployments are built once per test module (``pool``) and emptied between tests.
 
 URLs are ``sqlalchemy.engine.URL`` objects: pass them to ``create_engine`` as they are. Do not
 ``str()`` them, that masks the password; use ``url.render_as_string(hide_password=False)``.
@@ -35,6 +38,7 @@ from _servers import (
     dispose_admin_engines,
     probe_server,
 )
+from models_weather import PLACEMENTS, Deployment, DeploymentPool
 from sqlalchemy.engine import URL
 
 
@@ -107,3 +111,24 @@ def backend(request: pytest.FixtureRequest) -> Backend:
     if kind != "sqlite":
         require_server(kind)
     return kind
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DeploymentPool]:
+    """The weather deployments of one test module, reused by its tests and dropped after it."""
+    pool = DeploymentPool(tmp_path_factory.mktemp("shards"))
+    yield pool
+    pool.close()
+
+
+@pytest.fixture(params=PLACEMENTS)
+def placement(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def deployment(pool: DeploymentPool, backend: str, placement: str) -> Deployment:
+    """Tables created on every shard, no rows."""
+    deployment = pool.get(backend, placement)
+    assert deployment.total_rows() == 0
+    return deployment

@@ -24,10 +24,8 @@ import sqlalchemy as sa
 from models_weather import (
     CITIES,
     CONTINENTS,
-    PLACEMENTS,
     SHARDS,
     Deployment,
-    DeploymentPool,
     Report,
     WeatherLocation,
     new_cities,
@@ -56,29 +54,6 @@ from shardalchemy.inspection import ExecutedStatement
 sqlite_only = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 
 CityRow = tuple[int, str, str]  # (id, continent, city)
-
-
-# -- fixtures -------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DeploymentPool]:
-    pool = DeploymentPool(tmp_path_factory.mktemp("bulk_shards"))
-    yield pool
-    pool.close()
-
-
-@pytest.fixture(params=PLACEMENTS)
-def placement(request: pytest.FixtureRequest) -> str:
-    return request.param
-
-
-@pytest.fixture
-def deployment(pool: DeploymentPool, backend: str, placement: str) -> Deployment:
-    """Tables created on every shard, no rows."""
-    deployment = pool.get(backend, placement)
-    assert deployment.total_rows() == 0
-    return deployment
 
 
 # -- helpers --------------------------------------------------------------------------------

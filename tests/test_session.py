@@ -14,11 +14,9 @@ import pytest
 import sqlalchemy as sa
 from models_weather import (
     CONTINENTS,
-    PLACEMENTS,
     SHARDS,
     Base,
     Deployment,
-    DeploymentPool,
     Report,
     Tag,
     WeatherLocation,
@@ -44,26 +42,6 @@ from shardalchemy import (
 from shardalchemy.inspection import ExecutedStatement
 
 DML = ("INSERT", "UPDATE", "DELETE")
-
-
-@pytest.fixture(scope="module")
-def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DeploymentPool]:
-    pool = DeploymentPool(tmp_path_factory.mktemp("shards"))
-    yield pool
-    pool.close()
-
-
-@pytest.fixture(params=PLACEMENTS)
-def placement(request: pytest.FixtureRequest) -> str:
-    return request.param
-
-
-@pytest.fixture
-def deployment(pool: DeploymentPool, backend: str, placement: str) -> Deployment:
-    """Tables created on every shard, no rows."""
-    deployment = pool.get(backend, placement)
-    assert deployment.total_rows() == 0
-    return deployment
 
 
 def writes(log: StatementLog) -> list[ExecutedStatement]:
