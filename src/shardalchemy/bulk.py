@@ -10,12 +10,14 @@ single- and multi-row ``insert(Model).values(...)``, Core ``insert(table)``
 executemany, and the legacy ``bulk_save_objects`` / ``bulk_insert_mappings`` /
 ``bulk_update_mappings``.
 
-A statement is all or nothing: every row is routed before anything is sent
-(a row without a shard raises with its index, nothing written), and each
-shard's batch runs inside a SAVEPOINT kept until every shard is done, so a row
-the database refuses undoes the whole statement on every shard and the session
-stays usable.  The error names the caller's index of the failing row (found by
-bisecting that shard's batch), the shard and the database's reason.
+A statement is all or nothing: the rows of a batch (a list is one batch; an
+iterator is read ``bulk_batch_size`` rows at a time) are all routed before any
+is sent, and each shard's rows run inside a SAVEPOINT kept until the whole
+statement is done, so a row without a shard, or one the database refuses,
+undoes the statement on every shard and the session stays usable.  The error
+names the caller's index of the row (for a refused row found by bisecting that
+shard's batch), the shard and the reason.  Shards are written one after another
+unless the execution option ``bulk_concurrency`` allows several at once.
 
 Example::
 
