@@ -56,19 +56,13 @@ def lazy_loaded_from(orm_context: ORMExecuteState) -> Any:
     return None
 
 
-def may_be_relationship_load(orm_context: ORMExecuteState) -> bool:
-    """False when ``orm_context.is_relationship_load`` is surely False; cheap.
-
-    The public property builds the loader path twice; it is asked for every
-    statement, and almost every statement is at the root path (an empty
-    ``_current_path`` in its ORM compile options), so look at that first.
-    """
-    compile_options = getattr(orm_context.statement, "_compile_options", None)
-    return bool(getattr(compile_options, "_current_path", None))
-
-
 def on_loader_path(statement: Any) -> bool:
-    """Whether a statement is a relationship loader's (it has a non-root loader path)."""
+    """Whether a statement is a relationship loader's (it has a non-root loader path).
+
+    A cheap first check: ``ORMExecuteState.is_relationship_load`` builds the
+    loader path twice, and almost every statement is at the root path (an
+    empty ``_current_path`` in its ORM compile options).
+    """
     compile_options = getattr(statement, "_compile_options", None)
     return bool(getattr(compile_options, "_current_path", None))
 
@@ -89,12 +83,6 @@ class _NoMoreEvents:
 
 
 NO_MORE_EVENTS = _NoMoreEvents()
-
-
-def execute_internal(session_class: Any) -> Any:
-    """SQLAlchemy's ``Session._execute_internal``: where execute(), scalars(), scalar(),
-    get() and every loader's statement meet."""
-    return session_class._execute_internal
 
 
 def dml_assignments(statement: Any) -> list[tuple[Any, Any]]:

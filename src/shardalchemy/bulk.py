@@ -497,16 +497,15 @@ class ShardWrites:
     def __init__(
         self,
         session: ShardedSession,
-        orm_context: ORMExecuteState | None,
         label: str,
-        run: Callable[[Any, list[Any]], Any],
+        run: Callable[[Any, list[Any]], Any] | None = None,
+        *,
         concurrency: int = 1,
         returning: bool = False,
     ) -> None:
         self.session = session
-        self.orm_context = orm_context
         self.label = label
-        self.run = run  # (shard, rows) -> Result
+        self.run = run  # (shard, rows) -> Result; or passed to each write
         self.savepoints: dict[Any, Any] = {}  # database connection -> statement savepoint
         # RETURNING rows are kept to be put in the caller's order; without
         # RETURNING only the first result and the rowcounts are (memory stays
@@ -558,6 +557,7 @@ class ShardWrites:
         batch is then examined on the calling thread.
         """
         run = run or self.run
+        assert run is not None, "a bulk write needs its writer"
         batches = {shard: self._batch_savepoint(shard) for shard in grouped}
         outcomes: dict[Any, Any] = {}
         if self._concurrent(grouped):
@@ -807,20 +807,21 @@ def execute_write(
     if many:
         return _run_batches(session, orm_context, label, router, values)
     row = {**(values or {}), **(parameters or {})}
-    shard = router.shard_of(0, row)
+    return _write_one_row(session, orm_context, router.shard_of(0, row))
+
+
+def _write_one_row(session: ShardedSession, orm_context: ORMExecuteState, shard: Any) -> Any:
+    """Write a one-row statement on ``shard``: the result, or ``None`` to let SQLAlchemy go on."""
+    parameters = orm_context.parameters
     if parameters and orm_context.is_orm_statement:
         # an ORM INSERT given one dict takes SQLAlchemy's bulk code path
         return _runner(session, orm_context)(shard, [parameters])
-    # one row in the statement itself: pin it to its shard and let SQLAlchemy go on
-    _pin(orm_context, shard)
-    return None
-
-
-def _pin(orm_context: ORMExecuteState, shard: Any) -> None:
+    # the row is in the statement itself: pin it to its shard and let SQLAlchemy go on
     orm_context.bind_arguments["shard_id"] = shard
     orm_context.update_execution_options(
         identity_token=shard, **_compat.returning_load_options(orm_context, shard)
     )
+    return None
 
 
 def _pinned_drop_in(
@@ -843,20 +844,16 @@ def _pinned_drop_in(
             "with shard_map=... (row-by-row routing)"
         )
     shard = session.check_shard(shards[0], "the execute chooser's result")
+    parameters = orm_context.parameters
+    if parameters is None or isinstance(parameters, Mapping):
+        return _write_one_row(session, orm_context, shard)
+    rows = list(parameters)
     writes = ShardWrites(
         session,
-        orm_context,
         label,
         _runner(session, orm_context),
         returning=_compat.has_returning(orm_context.statement),
     )
-    parameters = orm_context.parameters
-    if parameters is None or isinstance(parameters, Mapping):
-        _pin(orm_context, shard)
-        if orm_context.is_insert and orm_context.is_orm_statement and parameters:
-            return _runner(session, orm_context)(shard, [parameters])  # the bulk code path
-        return None
-    rows = list(parameters)
     try:
         writes.write(shard, list(range(len(rows))), rows)
     except BaseException:
@@ -930,11 +927,10 @@ def _run_batches(
         _compat.autoflush(session)
     writes = ShardWrites(
         session,
-        orm_context,
         label,
         _runner(session, orm_context),
-        concurrency(orm_context),
-        _compat.has_returning(orm_context.statement),
+        concurrency=concurrency(orm_context),
+        returning=_compat.has_returning(orm_context.statement),
     )
     offset = 0
     try:
@@ -970,9 +966,7 @@ def _run_multi_values(
     def run(shard: Any, rows: list[Any]) -> Any:
         return _runner(session, orm_context, bare.values(rows))(shard, None)  # type: ignore[arg-type]
 
-    writes = ShardWrites(
-        session, orm_context, label, run, returning=_compat.has_returning(statement)
-    )
+    writes = ShardWrites(session, label, run, returning=_compat.has_returning(statement))
     try:
         for shard, (indices, rows) in grouped.items():
             writes.write(shard, indices, rows)
@@ -983,10 +977,9 @@ def _run_multi_values(
     return writes.result()
 
 
-def concurrency(orm_context: ORMExecuteState | None) -> int:
+def concurrency(orm_context: ORMExecuteState) -> int:
     """How many shards a bulk statement may write at once (option ``bulk_concurrency``)."""
-    options = orm_context.execution_options if orm_context is not None else {}
-    value = options.get("bulk_concurrency", DEFAULT_CONCURRENCY)
+    value = orm_context.execution_options.get("bulk_concurrency", DEFAULT_CONCURRENCY)
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise RoutingError(f"bulk_concurrency must be a positive number of shards, not {value!r}")
     return value

@@ -225,9 +225,7 @@ class ShardedSession(horizontal_shard.ShardedSession):
         order = range(len(states))
         if not preserve_order:  # group like SQLAlchemy does: fewer, larger batches
             order = sorted(order, key=lambda i: (id(states[i].mapper), states[i].key is not None))
-        writes = bulk.ShardWrites(
-            self, None, "bulk_save_objects()", _unused, bulk.concurrency(None)
-        )
+        writes = bulk.ShardWrites(self, "bulk_save_objects()")
         try:
             for (mapper, isupdate), group in itertools.groupby(
                 order, lambda i: (states[i].mapper, states[i].key is not None)
@@ -259,7 +257,7 @@ class ShardedSession(horizontal_shard.ShardedSession):
         rows = list(mappings)
         verb = "update" if options["isupdate"] else "insert"
         label = f"bulk_{verb}_mappings({mapper.class_.__name__})"
-        writes = bulk.ShardWrites(self, None, label, _unused, bulk.concurrency(None))
+        writes = bulk.ShardWrites(self, label)
         try:
             self._bulk_write(writes, mapper, list(range(len(rows))), rows, options)
         except BaseException:
@@ -622,7 +620,7 @@ def _explicit_shard(
         return shard, f"bind_arguments shard_id={shard!r}"
     if (
         session.rules is not None
-        and _compat.may_be_relationship_load(orm_context)  # cheap: mostly False
+        and _compat.on_loader_path(orm_context.statement)  # cheap: mostly False
         and orm_context.is_relationship_load
     ):
         # a lazy load, or an eager loader's query run per shard of its parents
@@ -850,30 +848,21 @@ def _plain_select(statement: Any) -> bool:
 def _routed_shard(session: ShardedSession, orm_context: ORMExecuteState) -> Any:
     """The one shard the declarative router proves for this execution, or ``None``.
 
-    The fast path of :func:`_execute_on_shards`: only when the execute chooser
-    is the session's own router (not a user's chooser) and no route is being
-    recorded.  ``None`` means "take the general path", never "no shard".
+    The fast path of :func:`_execute_on_shards` for statements that reach the
+    hook: only when the execute chooser is the session's own router and no
+    route is being recorded.  ``None`` means "take the general path", never
+    "no shard".
     """
-    if session._route_log is not None:
-        return None  # recording_routes() wants the Route, reason and all
-    chooser = session.execute_chooser
-    # the router's chooser is this very session's _route, a bound method; a
-    # user's chooser (or a subclass overriding _route) takes the general path
-    if getattr(chooser, "__func__", None) is not _ROUTER_CHOOSER:
+    if not session._own_router or session._route_log is not None:
         return None
-    if chooser.__self__ is not session or session.shard_map is None:
-        return None
+    assert session.shard_map is not None
     return session.shard_map.router.single_shard(orm_context.statement, orm_context.parameters)
 
 
-_ROUTER_CHOOSER = ShardedSession._route  # the execute_chooser of declarative mode
-_SESSION_EXECUTE = _compat.execute_internal(horizontal_shard.ShardedSession)
+# SQLAlchemy's own (semi-private) Session._execute_internal, which ours wraps
+_SESSION_EXECUTE = horizontal_shard.ShardedSession._execute_internal
 # execution options that do not change where a SELECT goes or how its hook would
 # treat it (others, e.g. the load options of get() and lazy loads, take the hook)
 _PLAIN_OPTIONS = frozenset(
     {"populate_existing", "autoflush", "yield_per", "stream_results", "max_row_buffer"}
 )
-
-
-def _unused(shard: Any, rows: list[Any]) -> Any:  # pragma: no cover - every write passes its run
-    raise AssertionError("a bulk write without its writer")
