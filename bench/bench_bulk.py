@@ -4,7 +4,7 @@ Usage::
 
     .venv/bin/python bench/bench_bulk.py [--rows 1000000] [--repeats 3] [--shards 4]
         [--url postgresql+psycopg://postgres@127.0.0.1/postgres]
-        [--variants sharded,sharded_generator,plain,raw]
+        [--variants sharded,sharded_generator,plain,raw] [--concurrency 1]
 
 It creates the databases ``shardalchemy_bulk_s0`` .. ``shardalchemy_bulk_s{N-1}``
 (one per shard) and ``shardalchemy_bulk_one`` (the unsharded reference) on the
@@ -186,17 +186,22 @@ def child_generator(options: argparse.Namespace) -> None:
     shard_map = ShardMap.databases({shard: render(url) for shard, url in urls.items()})
     factory = shard_map.sessionmaker()
     statement = insert(model)
+    write_options = {"bulk_concurrency": options.concurrency}
     # warm up connections and caches with ids outside 1..rows, then clear them
     first = options.rows + 1
     with factory() as session:
-        session.execute(statement, generate_rows(first, first + WARMUP_ROWS - 1))
+        session.execute(
+            statement,
+            generate_rows(first, first + WARMUP_ROWS - 1),
+            execution_options=write_options,
+        )
         session.commit()
     truncate({shard: shard_map.bind(shard) for shard in shards})
     gc.collect()
     before = peak_rss_kb()
     start = time.perf_counter()
     with factory() as session:
-        session.execute(statement, generate_rows(1, options.rows))
+        session.execute(statement, generate_rows(1, options.rows), execution_options=write_options)
         session.commit()
     elapsed = time.perf_counter() - start
     growth = peak_rss_kb() - before
@@ -255,12 +260,14 @@ def verify(variant: str, engines: dict[str, Engine], expected: dict[str, tuple[i
 # ---------------------------------------------------------------- variants
 
 
-def bulk_session(factory: Callable[[], Session], model: type[Any]) -> Callable[[Any], None]:
+def bulk_session(
+    factory: Callable[[], Session], model: type[Any], options: dict[str, Any] | None = None
+) -> Callable[[Any], None]:
     statement = insert(model)
 
     def run(rows: Any) -> None:
         with factory() as session:
-            session.execute(statement, rows)
+            session.execute(statement, rows, execution_options=options or {})
             session.commit()
 
     return run
@@ -310,6 +317,7 @@ def run_child(options: argparse.Namespace) -> dict[str, Any]:
         f"--rows={options.rows}",
         f"--shards={options.shards}",
         f"--url={options.url}",
+        f"--concurrency={options.concurrency}",
     ]
     completed = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True)
     return json.loads(completed.stdout.strip().splitlines()[-1])
@@ -336,6 +344,12 @@ def main(argv: list[str] | None = None) -> int:
         "--variants",
         default=",".join(VARIANTS),
         help=f"comma-separated subset of {','.join(VARIANTS)}",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=1,
+        help="shardalchemy's bulk_concurrency: shards written at once (default 1)",
     )
     parser.add_argument("--child-generator", action="store_true", help=argparse.SUPPRESS)
     options = parser.parse_args(argv)
@@ -397,7 +411,9 @@ def measure(
 
     sql = f"INSERT INTO {TABLE} ({', '.join(COLUMNS)}) VALUES ({', '.join(['%s'] * len(COLUMNS))})"
     raw_run, raw_close = raw_limit(shard_urls, sql)
-    sharded_run = bulk_session(shard_map.sessionmaker(), model)
+    sharded_run = bulk_session(
+        shard_map.sessionmaker(), model, {"bulk_concurrency": options.concurrency}
+    )
     plain_run = bulk_session(lambda: Session(bind=one_engine), model)
     child: dict[str, Any] = {}
 
@@ -459,6 +475,7 @@ def measure(
         "unit": "rows/s, median of repeats, timing includes commit",
         "rows": options.rows,
         "shards": options.shards,
+        "bulk_concurrency": options.concurrency,
         "columns": len(COLUMNS),
         "repeats": options.repeats,
         "rows_per_s": {name: round(value) for name, value in medians.items()},
