@@ -49,6 +49,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import joinedload, selectinload
 
 from shardalchemy import (
+    CrossShardQueryError,
     Explanation,
     Hash,
     RoutingError,
@@ -310,6 +311,10 @@ def test_explain_of_tables_sharded_independently_names_both(session: ShardedSess
     assert route.scatter
     assert INDEPENDENT.fullmatch(route.reason)
     assert names_both_shardings(route.reason)
+    # their rows meet on no shard: running it would be refused, and explain says so
+    assert route.plan is None
+    assert isinstance(route.plan_error, CrossShardQueryError)
+    assert "not co-located" in str(route.plan_error)
 
 
 @pytest.mark.parametrize(
@@ -1010,12 +1015,19 @@ def test_subquery_over_a_table_sharded_independently_scatters_when_allowed(
         WeatherLocation.continent == "Asia",
         WeatherLocation.id.in_(select(visits.c.location_id)),
     )
+    # per shard, the subquery would see that shard's visits only: refused
+    with (
+        deployment.shard_map.sessionmaker()() as session,
+        pytest.raises(CrossShardQueryError, match="not co-located"),
+    ):
+        session.scalars(statement).all()
+    concatenated = statement.execution_options(cross_shard="concatenate")
     with (
         deployment.shard_map.sessionmaker()() as session,
         session.recording_routes() as routes,
         StatementLog(deployment.shard_map) as log,
     ):
-        assert session.scalars(statement).all() == []  # no visits anywhere
+        assert session.scalars(concatenated).all() == []  # no visits anywhere
     assert len(routes) == 1
     assert names_both_shardings(routes[0].reason)
     assert sorted(log.shards()) == sorted(SHARDS)

@@ -21,6 +21,7 @@ Example::
 from . import ids
 from .errors import (
     BulkWriteError,
+    CrossShardQueryError,
     MissingParentError,
     MissingShardKeyError,
     ModelConfigurationError,
@@ -30,6 +31,8 @@ from .errors import (
     ShardKeyChangeError,
     ShardKeyError,
     ShardMapError,
+    ShardQueryError,
+    ShardTimeoutError,
     UnknownShardError,
     UnknownShardKeyError,
 )
@@ -44,6 +47,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BulkWriteError",
+    "CrossShardQueryError",
     "Explanation",
     "FollowParent",
     "Function",
@@ -62,6 +66,8 @@ __all__ = [
     "ShardKeyError",
     "ShardMap",
     "ShardMapError",
+    "ShardQueryError",
+    "ShardTimeoutError",
     "ShardedSession",
     "ShardingError",
     "StatementLog",

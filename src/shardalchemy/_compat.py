@@ -11,6 +11,7 @@ import contextlib
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from sqlalchemy.engine.result import IteratorResult
 from sqlalchemy.orm import ORMExecuteState
 
 
@@ -259,3 +260,199 @@ def flushing(session: Any) -> Iterator[None]:
         yield
     finally:
         session._flushing = flushing
+
+
+# -- the planner (shardalchemy.planner) ------------------------------------------------
+# Select keeps its clauses in attributes without public getters; the planner
+# reads them here, and rebuilds statements only through public generative
+# methods (add_columns, group_by, order_by(None), limit, offset), except for
+# HAVING, which has no public way to be removed.
+
+
+def raw_columns(statement: Any) -> list[Any]:
+    """The select list as written: columns, expressions and ORM entities, one per result column."""
+    return list(getattr(statement, "_raw_columns", ()))
+
+
+def order_by(statement: Any) -> tuple[Any, ...]:
+    return tuple(getattr(statement, "_order_by_clauses", ()))
+
+
+def group_by(statement: Any) -> tuple[Any, ...]:
+    return tuple(getattr(statement, "_group_by_clauses", ()))
+
+
+def having(statement: Any) -> Any:
+    """The HAVING criteria as one clause, or ``None``."""
+    from sqlalchemy import and_
+
+    criteria = tuple(getattr(statement, "_having_criteria", ()))
+    if not criteria:
+        return None
+    return criteria[0] if len(criteria) == 1 else and_(*criteria)
+
+
+def without_having(statement: Any) -> Any:
+    """A copy of ``statement`` without its HAVING criteria."""
+    if not getattr(statement, "_having_criteria", ()):
+        return statement
+    copy = statement._generate()
+    copy._having_criteria = ()
+    return copy
+
+
+def distinct_on(statement: Any) -> tuple[Any, ...]:
+    return tuple(getattr(statement, "_distinct_on", ()))
+
+
+def fetch_clause(statement: Any) -> Any:
+    return getattr(statement, "_fetch_clause", None)
+
+
+def has_limit_or_offset(statement: Any) -> bool:
+    return (
+        getattr(statement, "_limit_clause", None) is not None
+        or getattr(statement, "_offset_clause", None) is not None
+        or getattr(statement, "_fetch_clause", None) is not None
+    )
+
+
+def bind_value(bind: Any, parameters: Any) -> Any:
+    """The value a bound parameter has in this execution."""
+    if parameters and bind.key in parameters:
+        return parameters[bind.key]
+    return bind.effective_value
+
+
+def limit_offset(statement: Any, parameters: Any) -> tuple[int | None, int | None]:
+    """LIMIT and OFFSET as integers (literals or bound values); refuses SQL expressions."""
+    from sqlalchemy.sql.elements import BindParameter
+
+    from .errors import CrossShardQueryError
+
+    values: list[int | None] = []
+    for name in ("_limit_clause", "_offset_clause"):
+        clause = getattr(statement, name, None)
+        if clause is None:
+            values.append(None)
+            continue
+        value = bind_value(clause, parameters) if isinstance(clause, BindParameter) else clause
+        if value is not None and not isinstance(value, int):
+            raise CrossShardQueryError(
+                f"{name[1:-7].upper()} {value} is not an integer; across shards LIMIT and OFFSET "
+                "must be integers (literals or bound values)",
+                construct=name[1:-7].upper(),
+            )
+        values.append(value)
+    return values[0], values[1]
+
+
+def label_reference_name(element: Any) -> str | None:
+    """The label name an ORDER BY / GROUP BY ``"name"`` string refers to, or ``None``."""
+    from sqlalchemy.sql.elements import _textual_label_reference
+
+    if isinstance(element, _textual_label_reference):
+        return str(element.element)
+    return None
+
+
+def unwrap_label_reference(element: Any) -> Any:
+    """The expression behind an ORDER BY / GROUP BY reference to a labelled column."""
+    from sqlalchemy.sql.elements import _label_reference
+
+    while isinstance(element, _label_reference):
+        element = element.element
+    return element
+
+
+def is_distinct(argument: Any) -> bool:
+    """Whether an aggregate's argument is ``DISTINCT x`` (``distinct(x)`` / ``x.distinct()``)."""
+    from sqlalchemy.sql import operators
+    from sqlalchemy.sql.elements import UnaryExpression
+
+    return isinstance(argument, UnaryExpression) and argument.operator is operators.distinct_op
+
+
+def function(name: str, argument: Any) -> Any:
+    """``func.<name>(argument)``."""
+    from sqlalchemy import func
+
+    return getattr(func, name)(argument)
+
+
+# -- merged results (shardalchemy.session) ---------------------------------------------
+
+
+def requires_unique(result: Any) -> bool:
+    """Whether an ORM result must be uniqued (joined eager loading of a collection)."""
+    return getattr(result, "_unique_filter_state", None) is not None
+
+
+class ShardedResult(IteratorResult):  # type: ignore[type-arg]
+    """The merged result of a multi-shard SELECT: a SQLAlchemy ``Result``.
+
+    ``failed_shards`` maps each shard that failed (only with
+    ``allow_partial=True``) to its error; it is empty otherwise.
+    """
+
+    failed_shards: dict[Any, BaseException]
+
+    def __init__(self, metadata: Any, rows: Any, sources: list[Any]) -> None:
+        super().__init__(metadata, rows)
+        self._sources = sources
+        self.failed_shards = {}
+
+    def _soft_close(self, hard: bool = False, **kw: Any) -> None:
+        for source in self._sources:
+            source._soft_close(hard=hard, **kw)
+        super()._soft_close(hard=hard, **kw)
+
+
+def merged_result(
+    template: Any, rows: Any, sources: list[Any], visible: int | None, single_entity: bool
+) -> Any:
+    """A Result yielding ``rows`` (tuples) shaped like ``template`` minus hidden columns.
+
+    ``template`` is one shard's result of the per-shard statement: its keys
+    and column objects (``row._mapping[City.name]``) are kept, its type
+    processors are not (the rows are already processed), and columns from
+    ``visible`` on are hidden.  ORM attributes the legacy ``Query`` reads
+    (single entity, uniquing) are those of the user's statement.
+    """
+    metadata = template._metadata._for_freeze()
+    if visible is not None:
+        metadata = metadata._reduce(list(range(visible)))
+    result = ShardedResult(metadata, rows, sources)
+    result._unique_filter_state = template._unique_filter_state
+    result._yield_per = template._yield_per
+    result._attributes = template._attributes.union({"is_single_entity": single_entity})
+    return result
+
+
+# -- the executor (shardalchemy.executor) -----------------------------------------------
+
+
+def in_greenlet() -> bool:
+    """Whether this code runs inside SQLAlchemy's asyncio greenlet bridge (an AsyncSession)."""
+    from sqlalchemy.util import concurrency
+
+    check = getattr(concurrency, "in_greenlet", None)
+    return bool(check()) if check is not None else False
+
+
+def is_cancellation(error: BaseException) -> bool:
+    """Whether ``error`` says a statement was cancelled (by us, at a deadline or failure)."""
+    import asyncio
+
+    if isinstance(error, asyncio.CancelledError):
+        return True
+    original = getattr(error, "orig", None) or error
+    sqlstate = getattr(original, "sqlstate", None) or getattr(
+        getattr(original, "diag", None), "sqlstate", None
+    )
+    if sqlstate == "57014":  # PostgreSQL query_canceled
+        return True
+    arguments = getattr(original, "args", ())
+    if arguments and arguments[0] == 1317:  # MariaDB/MySQL "Query execution was interrupted"
+        return True
+    return "interrupted" in str(original).lower()

@@ -208,7 +208,7 @@ def run_explain(args: argparse.Namespace, console: Console) -> int:
     parameters = json.loads(args.params) if args.params else None
     session = ShardedSession(shard_map=shard_map)
     try:
-        route = session.explain(statement, parameters)
+        route = session.explain(statement, parameters, connect=False)
     finally:
         session.close()
     console.print(f"[bold]{route.statement}[/bold]")
@@ -217,6 +217,11 @@ def run_explain(args: argparse.Namespace, console: Console) -> int:
     console.print(f"why: {route.reason}")
     if route.explanation is not None:
         console.print(_tree(route.explanation))
+    if route.plan is not None:
+        console.print("[bold]plan[/bold] (how the shards' rows are merged):")
+        console.print(Text(str(route.plan)))
+    if route.plan_error is not None:
+        console.print(f"[bold red]refused[/bold red]: {route.plan_error}")
     return 0
 
 

@@ -144,8 +144,58 @@ class BulkWriteError(ShardingError):
         super().__init__(message)
 
 
+class CrossShardQueryError(ShardingError):
+    """A multi-shard SELECT uses a construct shardalchemy cannot answer exactly.
+
+    Raised instead of returning an answer that differs from what one database
+    holding every shard's rows would return.  ``construct`` names what could
+    not be merged (``"window function row_number()"``, ``"FOR UPDATE"``, ...);
+    the message says what to do: pin the statement to one shard, rewrite it,
+    or opt into SQLAlchemy's concatenation with
+    ``.execution_options(cross_shard="concatenate")``.
+
+    Example::
+
+        try:
+            session.execute(select(func.row_number().over(order_by=City.name)))
+        except shardalchemy.CrossShardQueryError as error:
+            print(error.construct)
+    """
+
+    def __init__(self, message: str, *, construct: str) -> None:
+        self.construct = construct
+        super().__init__(message)
+
+
+class ShardQueryError(ShardingError):
+    """A statement failed on one or more shards of a multi-shard execution.
+
+    ``shard`` is the first shard that failed, ``failures`` maps every failed
+    shard to its exception (the database's error, or :class:`ShardTimeoutError`)
+    and the first one is chained as ``__cause__``.  The other shards' work was
+    cancelled and nothing the statement wrote remains.
+
+    Example::
+
+        try:
+            session.execute(select(City), execution_options={"shard_timeout": 2.0})
+        except shardalchemy.ShardQueryError as error:
+            print(error.shard, error.failures)
+    """
+
+    def __init__(self, message: str, *, shard: Any, failures: dict[Any, BaseException]) -> None:
+        self.shard = shard
+        self.failures = failures
+        super().__init__(message)
+
+
+class ShardTimeoutError(ShardQueryError):
+    """A shard did not answer within the statement's ``shard_timeout``."""
+
+
 __all__ = [
     "BulkWriteError",
+    "CrossShardQueryError",
     "MissingParentError",
     "MissingShardKeyError",
     "ModelConfigurationError",
@@ -154,6 +204,8 @@ __all__ = [
     "ShardKeyChangeError",
     "ShardKeyError",
     "ShardMapError",
+    "ShardQueryError",
+    "ShardTimeoutError",
     "ShardingError",
     "UnknownShardError",
     "UnknownShardKeyError",

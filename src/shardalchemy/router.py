@@ -72,10 +72,21 @@ class Route:
     Iterating a route yields its shard names, so a route can be returned
     anywhere SQLAlchemy expects an ``execute_chooser`` result.  ``explanation``
     (when the router made the route) is the reason tree: which predicate
-    allowed which shards.
+    allowed which shards.  ``plan`` (from :meth:`ShardedSession.explain`, for a
+    SELECT on several shards) is the :class:`~shardalchemy.planner.Plan` that
+    merges the shards' rows, or ``plan_error`` the
+    :class:`~shardalchemy.CrossShardQueryError` running it would raise.
     """
 
-    __slots__ = ("_reason", "explanation", "scatter", "shards", "statement")
+    __slots__ = (
+        "_reason",
+        "explanation",
+        "plan",
+        "plan_error",
+        "scatter",
+        "shards",
+        "statement",
+    )
 
     def __init__(
         self,
@@ -85,7 +96,10 @@ class Route:
         *,
         explanation: Explanation | None = None,
         scatter: bool = False,
+        plan: Any = None,
     ) -> None:
+        self.plan = plan
+        self.plan_error: Exception | None = None
         self.shards: tuple[Any, ...] = tuple(shards)
         self._reason = reason
         self.statement = statement
@@ -108,6 +122,7 @@ class Route:
             statement,
             explanation=self.explanation,
             scatter=self.scatter,
+            plan=self.plan,
         )
 
     def __iter__(self) -> Iterator[Any]:

@@ -24,11 +24,12 @@ records where each statement went and why.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import itertools
 import types
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, cast
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, ClassVar, cast
 
 from sqlalchemy import event, exc, inspect
 from sqlalchemy.ext import horizontal_shard
@@ -38,8 +39,9 @@ from sqlalchemy.orm.state import InstanceState
 from sqlalchemy.sql import visitors
 from sqlalchemy.sql.elements import BindParameter
 
-from . import _compat, bulk
+from . import _compat, bulk, executor, planner
 from .errors import (
+    CrossShardQueryError,
     MissingParentError,
     RoutingError,
     ScatterQueryError,
@@ -96,6 +98,58 @@ def assign_shard(instance: Any, shard: str) -> None:
     state.identity_token = shard
 
 
+@dataclasses.dataclass(frozen=True)
+class _FanOut:
+    """How a multi-shard statement runs (session defaults or execution options).
+
+    ``cross_shard``: ``"merge"`` (one database's answer) or ``"concatenate"``
+    (SQLAlchemy's per-shard results one after another); ``shard_timeout``:
+    seconds for the whole fan-out; ``allow_partial``: return the shards that
+    answered (``result.failed_shards`` names the others); ``shard_concurrency``:
+    at most this many shards at once (default: all of them).
+    """
+
+    merge: bool
+    timeout: float | None
+    allow_partial: bool
+    concurrency: int | None
+
+    NAMES: ClassVar[frozenset[str]] = frozenset(
+        {"cross_shard", "shard_timeout", "allow_partial", "shard_concurrency"}
+    )
+
+    @staticmethod
+    def check(options: Mapping[str, Any], where: str) -> _FanOut:
+        mode = options["cross_shard"]
+        if mode not in ("merge", "concatenate"):
+            raise RoutingError(
+                f"{where}: cross_shard must be 'merge' or 'concatenate', not {mode!r}"
+            )
+        timeout = options["shard_timeout"]
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
+        ):
+            raise RoutingError(
+                f"{where}: shard_timeout must be a positive number of seconds, not {timeout!r}"
+            )
+        concurrency = options["shard_concurrency"]
+        if concurrency is not None and (
+            isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1
+        ):
+            raise RoutingError(
+                f"{where}: shard_concurrency must be a positive integer, not {concurrency!r}"
+            )
+        return _FanOut(mode == "merge", timeout, bool(options["allow_partial"]), concurrency)
+
+    def as_options(self) -> dict[str, Any]:
+        return {
+            "cross_shard": "merge" if self.merge else "concatenate",
+            "shard_timeout": self.timeout,
+            "allow_partial": self.allow_partial,
+            "shard_concurrency": self.concurrency,
+        }
+
+
 class ShardedSession(horizontal_shard.ShardedSession):
     """A :class:`~sqlalchemy.orm.Session` over several shards.
 
@@ -117,6 +171,10 @@ class ShardedSession(horizontal_shard.ShardedSession):
         *,
         shard_map: ShardMap | None = None,
         no_scatter: bool = False,
+        cross_shard: str = "merge",
+        shard_timeout: float | None = None,
+        allow_partial: bool = False,
+        shard_concurrency: int | None = None,
         id_chooser: Callable[..., Any] | None = None,
         query_chooser: Callable[..., Any] | None = None,
         **kwargs: Any,
@@ -125,6 +183,16 @@ class ShardedSession(horizontal_shard.ShardedSession):
         self.no_scatter = no_scatter
         """Refuse statements that would reach every shard (per statement: the
         ``no_scatter`` execution option overrides it)."""
+        self.fan_out_defaults = _FanOut.check(
+            {
+                "cross_shard": cross_shard,
+                "shard_timeout": shard_timeout,
+                "allow_partial": allow_partial,
+                "shard_concurrency": shard_concurrency,
+            },
+            "ShardedSession(...)",
+        )
+        """How multi-shard statements run unless an execution option says otherwise."""
         self.rules = None
         self._route_log: list[Route] | None = None
         self._own_router = False
@@ -385,6 +453,28 @@ class ShardedSession(horizontal_shard.ShardedSession):
             getattr(chooser, "__func__", None) is ShardedSession._route and chooser.__self__ is self
         )
 
+    # -- multi-shard statements ------------------------------------------------
+    def _fan_out_settings(self, options: Mapping[str, Any]) -> _FanOut:
+        if not _FanOut.NAMES.intersection(options):
+            return self.fan_out_defaults
+        given = {name: options[name] for name in _FanOut.NAMES if name in options}
+        return _FanOut.check(
+            {**self.fan_out_defaults.as_options(), **given}, "execution_options(...)"
+        )
+
+    def _plan(
+        self, statement: Any, shards: Sequence[Any], parameters: Any = None, connect: bool = True
+    ) -> planner.Plan:
+        """The plan of a SELECT on ``shards``; raises CrossShardQueryError if none is exact."""
+        if connect:
+            connection = self.connection(bind_arguments={"shard_id": shards[0]})
+            facts = executor.database_facts(connection)
+        else:
+            facts = executor.dialect_facts(self.get_bind(shard_id=shards[0]))
+        if not isinstance(parameters, Mapping):
+            parameters = {}
+        return planner.plan_select(statement, facts, self.rules, parameters)
+
     # -- route records -------------------------------------------------------
     @contextlib.contextmanager
     def recording_routes(self) -> Iterator[list[Route]]:
@@ -406,7 +496,13 @@ class ShardedSession(horizontal_shard.ShardedSession):
             if outer is not None:
                 outer.extend(log)
 
-    def explain(self, statement: Any, parameters: Mapping[str, Any] | None = None) -> Route:
+    def explain(
+        self,
+        statement: Any,
+        parameters: Mapping[str, Any] | None = None,
+        *,
+        connect: bool = True,
+    ) -> Route:
         """Where ``statement`` would run with ``parameters``, and why, without running it.
 
         Returns a :class:`~shardalchemy.Route` whose ``explanation`` is the
@@ -417,6 +513,14 @@ class ShardedSession(horizontal_shard.ShardedSession):
             route = session.explain(select(City).where(City.continent.in_(["Asia", "Europe"])))
             print(route.shards)        # ('asia', 'europe')
             print(route.explanation)   # City.continent IN ('Asia', 'Europe') -> asia, europe
+            print(route.plan)          # how the two shards' rows are merged
+            print(route.plan_error)    # or why they cannot be merged exactly
+
+        A SELECT on several shards also gets its ``plan`` (the per-shard
+        statement and the merge steps); planning asks the first shard's
+        database, once, how it orders NULLs and compares text.  With
+        ``connect=False`` nothing connects: the plan assumes what the dialect
+        alone tells, so text keys of PostgreSQL and MariaDB are refused.
         """
         label = statement_label(statement)
         for option in _compat.statement_options(statement):
@@ -427,7 +531,13 @@ class ShardedSession(horizontal_shard.ShardedSession):
                 return Route((option.shard_id,), reason, label, explanation=tree)
         if self.shard_map is None:
             raise RoutingError("explain() needs a session built with shard_map=...")
-        return self.shard_map.router.explain(statement, parameters).labelled(label)
+        route = self.shard_map.router.explain(statement, parameters).labelled(label)
+        if len(route.shards) > 1 and getattr(statement, "is_select", False):
+            try:
+                route.plan = self._plan(statement, route.shards, parameters, connect)
+            except CrossShardQueryError as error:
+                route.plan_error = error
+        return route
 
     def _record(self, route: Route, statement: Any = None, label: str | None = None) -> None:
         if self._route_log is not None:
@@ -687,14 +797,60 @@ def _execute_on_shards(orm_context: ORMExecuteState) -> Any:
         orm_context.update_execution_options(identity_token=route.shards[0])
         return None
 
-    def run_on(shard: Any) -> Any:
-        bind_arguments = dict(orm_context.bind_arguments)
-        bind_arguments["shard_id"] = shard
-        orm_context.update_execution_options(identity_token=shard)
-        return orm_context.invoke_statement(bind_arguments=bind_arguments)
+    return _run_on_shards(session, orm_context, route)
 
-    results = [run_on(shard) for shard in route.shards]
-    return results[0].merge(*results[1:])
+
+def _run_on_shards(session: ShardedSession, orm_context: ORMExecuteState, route: Route) -> Any:
+    """A statement on several shards: planned, fanned out, its rows merged.
+
+    A SELECT gets one database's answer (see :mod:`shardalchemy.planner`);
+    with ``cross_shard="concatenate"``, and for UPDATE/DELETE, the shards'
+    results are concatenated (rowcounts summed), as SQLAlchemy's extension
+    does.  UPDATE/DELETE run one shard after another on the calling thread:
+    the ORM synchronizes the session's objects as each one returns.
+    """
+    options = orm_context.execution_options
+    shards = route.shards
+    settings = session._fan_out_settings(options)
+    plan = None
+    if orm_context.is_select and settings.merge:
+        plan = session._plan(orm_context.statement, shards, orm_context.parameters)
+    statement = plan.statement if plan is not None else None
+
+    def run_on(shard: Any) -> Any:
+        return orm_context.invoke_statement(
+            statement=statement,
+            bind_arguments={"shard_id": shard},
+            execution_options={"identity_token": shard},
+        )
+
+    outcome = executor.fan_out(
+        session,
+        shards,
+        run_on,
+        timeout=settings.timeout,
+        allow_partial=settings.allow_partial,
+        concurrency=settings.concurrency if orm_context.is_select else 1,
+        pool_owner=session.shard_map if session.shard_map is not None else session,
+    )
+    results = [outcome.results[shard] for shard in shards if shard in outcome.results]
+    if plan is None:
+        merged = results[0].merge(*results[1:])
+        merged.failed_shards = dict(outcome.failures)
+        return merged
+    rows = plan.merge([_rows_of(result) for result in results])
+    if options.get("prebuffer_rows"):  # AsyncSession: rows must be read inside its greenlet
+        rows = iter(list(rows))
+    result = _compat.merged_result(results[0], rows, results, plan.visible, plan.single_entity)
+    result.failed_shards = dict(outcome.failures)
+    return result
+
+
+def _rows_of(result: Any) -> Iterator[tuple[Any, ...]]:
+    """One shard's rows as plain tuples (ORM objects already loaded), read lazily."""
+    if _compat.requires_unique(result):  # joined eager loading: one row per parent object
+        result = result.unique()
+    return (tuple(row) for row in result)
 
 
 def _check_multi_shard(session: ShardedSession, orm_context: ORMExecuteState, route: Route) -> None:

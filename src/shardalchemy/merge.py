@@ -1,0 +1,410 @@
+"""Merge operators: per-shard rows in, the rows one database would return out.
+
+Pure and streaming: each operator takes plain tuples and returns plain tuples,
+never touches a connection, and holds no more rows than its job needs (a
+k-way merge holds one row per shard; an aggregate one row per group; a LIMIT
+none).  The planner (:mod:`shardalchemy.planner`) composes them into a
+pipeline; the session feeds it the shards' rows.
+
+Every row keeps the per-shard statement's layout (the user's columns first,
+then hidden ones the planner added for sort keys, group keys and partial
+aggregates), so each operator addresses columns by position.
+
+Example::
+
+    keys = (SortKey(0, descending=True, nulls_first=False),)
+    merged = MergeSort(keys).combine([iter([(3,), (1,)]), iter([(2,), (None,)])])
+    list(Limit(2, 0).apply(merged))   # [(3,), (2,)]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import decimal
+import heapq
+import itertools
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+Row = tuple[Any, ...]
+Transform = Callable[[Any], Any]
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+class _Reversed:
+    """Orders its value backwards: the DESC half of a sort key."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __lt__(self, other: _Reversed) -> bool:
+        return bool(other.value < self.value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Reversed) and bool(self.value == other.value)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class PadSpaceText:
+    """A string ordered as a PAD SPACE collation orders it (MariaDB's ``*_bin``).
+
+    Such a collation compares two strings as if the shorter one were padded
+    with spaces: ``'a'`` equals ``'a '`` and sorts after ``'a\\t'``.
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+
+    def _padded(self, other: PadSpaceText) -> tuple[str, str]:
+        width = max(len(self.value), len(other.value))
+        return self.value.ljust(width), other.value.ljust(width)
+
+    def __lt__(self, other: PadSpaceText) -> bool:
+        mine, theirs = self._padded(other)
+        return mine < theirs
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PadSpaceText) and self.value.rstrip(" ") == other.value.rstrip(" ")
+
+    def __hash__(self) -> int:
+        return hash(self.value.rstrip(" "))
+
+
+def pad_space(value: Any) -> Any:
+    """The comparison form of a value under a PAD SPACE binary collation."""
+    return PadSpaceText(value) if isinstance(value, str) else value
+
+
+@dataclasses.dataclass(frozen=True)
+class SortKey:
+    """One ORDER BY key: a column position, its direction and where NULLs go.
+
+    ``nulls_first`` is already resolved (explicit ``NULLS FIRST/LAST``, or the
+    dialect's default for the direction); ``transform`` maps a value to the
+    form that compares as the database compares it (identity for numbers and
+    binary-collated text).
+    """
+
+    index: int
+    descending: bool = False
+    nulls_first: bool = False
+    transform: Transform = _identity
+    label: str = ""
+
+    def describe(self) -> str:
+        direction = "DESC" if self.descending else "ASC"
+        nulls = "NULLS FIRST" if self.nulls_first else "NULLS LAST"
+        return f"{self.label or f'#{self.index}'} {direction} {nulls}"
+
+    def part(self) -> Callable[[Any], Any]:
+        null_key = (0,) if self.nulls_first else (2,)
+        transform = self.transform
+        if self.descending:
+            return lambda value: null_key if value is None else (1, _Reversed(transform(value)))
+        if transform is _identity:
+            return lambda value: null_key if value is None else (1, value)
+        return lambda value: null_key if value is None else (1, transform(value))
+
+
+def sort_key(keys: Sequence[SortKey]) -> Callable[[Row], Any]:
+    """A key function for ``sorted``/``heapq`` that orders rows by ``keys``."""
+    parts = [(key.index, key.part()) for key in keys]
+    if len(parts) == 1:
+        ((index, part),) = parts
+        return lambda row: part(row[index])
+    return lambda row: tuple([part(row[index]) for index, part in parts])
+
+
+# -- combining the shards' row streams -------------------------------------------------
+
+
+class Concatenate:
+    """Shard after shard, in shard-map order (no order was asked for)."""
+
+    def combine(self, streams: Sequence[Iterator[Row]]) -> Iterator[Row]:
+        return itertools.chain.from_iterable(streams)
+
+    def describe(self) -> str:
+        return "Concatenate"
+
+
+@dataclasses.dataclass(frozen=True)
+class MergeSort:
+    """A streaming k-way merge of streams each already sorted by ``keys``."""
+
+    keys: tuple[SortKey, ...]
+
+    def combine(self, streams: Sequence[Iterator[Row]]) -> Iterator[Row]:
+        if len(streams) == 1:
+            return streams[0]
+        return heapq.merge(*streams, key=sort_key(self.keys))
+
+    def describe(self) -> str:
+        return f"MergeSort {', '.join(key.describe() for key in self.keys)}"
+
+
+# -- operators over the combined stream ---------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class AggregateSlot:
+    """How one aggregate's final value is made from the shards' partial values.
+
+    ``kind`` is ``count`` / ``sum`` / ``min`` / ``max`` (``sources`` = the
+    partial's position), ``avg`` (``sources`` = positions of the partial SUM,
+    COUNT and the shard's own AVG, whose type the result takes), or
+    ``count_distinct`` / ``sum_distinct`` / ``avg_distinct`` (``sources`` = the
+    position of the distinct value, pushed down as a group key, and for
+    ``avg_distinct`` the shard's own result).
+    """
+
+    kind: str
+    index: int
+    sources: tuple[int, ...]
+    transform: Transform = _identity
+    label: str = ""
+
+
+class _Group:
+    __slots__ = ("row", "states")
+
+    def __init__(self, row: Row, states: list[Any]) -> None:
+        self.row = row
+        self.states = states
+
+
+@dataclasses.dataclass(frozen=True)
+class Aggregate:
+    """Re-aggregates the shards' partial aggregates per group.
+
+    ``group`` are the positions of the group keys (the user's GROUP BY, plus
+    nothing else); ``group_transforms`` their comparison forms (text under a
+    case-insensitive or PAD SPACE collation groups as the database groups).
+    Columns that are neither group keys nor aggregates keep the value of the
+    group's first row (they are functionally dependent on the group keys).
+    Without GROUP BY (``scalar``) there is always exactly one output row.
+    """
+
+    group: tuple[int, ...]
+    slots: tuple[AggregateSlot, ...]
+    scalar: bool
+    group_transforms: tuple[Transform, ...] = ()
+    group_labels: tuple[str, ...] = ()
+
+    def apply(self, rows: Iterable[Row]) -> Iterator[Row]:
+        groups: dict[Any, _Group] = {}
+        group = self.group
+        transforms = self.group_transforms or tuple(_identity for _ in group)
+        slots = self.slots
+        for row in rows:
+            key = tuple([transform(row[i]) for i, transform in zip(group, transforms, strict=True)])
+            state = groups.get(key)
+            if state is None:
+                groups[key] = _Group(row, [_start(slot, row) for slot in slots])
+            else:
+                states = state.states
+                for position, slot in enumerate(slots):
+                    states[position] = _step(slot, states[position], row)
+        if not groups and self.scalar:
+            return  # the shards always return one row each: an empty input is no shard
+        for state in groups.values():
+            out = list(state.row)
+            for slot, value in zip(slots, state.states, strict=True):
+                out[slot.index] = _finish(slot, value)
+            yield tuple(out)
+
+    def describe(self) -> str:
+        parts = [slot.label or f"{slot.kind}(#{slot.index})" for slot in self.slots]
+        keys = ", ".join(self.group_labels) if self.group else "(no GROUP BY: one row)"
+        return f"Aggregate {', '.join(parts)} GROUP BY {keys}"
+
+
+def _start(slot: AggregateSlot, row: Row) -> Any:
+    kind = slot.kind
+    if kind in ("count", "sum", "min", "max"):
+        return row[slot.sources[0]]
+    if kind == "avg":
+        total, count, shard_avg = (row[i] for i in slot.sources)
+        return [total, count or 0, shard_avg]
+    value = row[slot.sources[0]]
+    values: dict[Any, Any] = {}
+    if value is not None:
+        values[slot.transform(value)] = value
+    shard_result = row[slot.sources[1]] if len(slot.sources) > 1 else None
+    return [values, shard_result]
+
+
+def _add(left: Any, right: Any) -> Any:
+    if left is None:
+        return right
+    if right is None:
+        return left
+    return left + right
+
+
+def _step(slot: AggregateSlot, state: Any, row: Row) -> Any:
+    kind = slot.kind
+    if kind == "count":
+        return state + row[slot.sources[0]]
+    if kind == "sum":
+        return _add(state, row[slot.sources[0]])
+    if kind in ("min", "max"):
+        value = row[slot.sources[0]]
+        if value is None:
+            return state
+        if state is None:
+            return value
+        new, old = slot.transform(value), slot.transform(state)
+        better = new < old if kind == "min" else old < new
+        return value if better else state
+    if kind == "avg":
+        total, count, shard_avg = (row[i] for i in slot.sources)
+        state[0] = _add(state[0], total)
+        state[1] += count or 0
+        state[2] = _more_precise(state[2], shard_avg)
+        return state
+    value = row[slot.sources[0]]
+    if value is not None:
+        state[0].setdefault(slot.transform(value), value)
+    if len(slot.sources) > 1:
+        state[1] = _more_precise(state[1], row[slot.sources[1]])
+    return state
+
+
+def _more_precise(current: Any, new: Any) -> Any:
+    """Of two per-shard AVG values, the one whose type and scale the result should take."""
+    if current is None:
+        return new
+    if isinstance(new, decimal.Decimal) and isinstance(current, decimal.Decimal):
+        new_exponent = new.as_tuple().exponent
+        current_exponent = current.as_tuple().exponent
+        if isinstance(new_exponent, int) and isinstance(current_exponent, int):
+            return new if new_exponent < current_exponent else current
+    return current
+
+
+_DIVISION = decimal.Context(prec=60, rounding=decimal.ROUND_HALF_UP)
+
+
+def _divide(total: Any, count: int, like: Any) -> Any:
+    """``total / count`` in the type the database's own AVG returned (``like``)."""
+    if isinstance(like, decimal.Decimal):
+        quotient = _DIVISION.divide(decimal.Decimal(total), decimal.Decimal(count))
+        exponent = like.as_tuple().exponent
+        if isinstance(exponent, int):
+            return quotient.quantize(decimal.Decimal(1).scaleb(exponent), context=_DIVISION)
+        return quotient
+    if isinstance(like, int) and not isinstance(like, bool):
+        return total // count if isinstance(total, int) else total / count
+    return float(total) / count
+
+
+def _finish(slot: AggregateSlot, state: Any) -> Any:
+    kind = slot.kind
+    if kind in ("count", "sum", "min", "max"):
+        return state
+    if kind == "avg":
+        total, count, shard_avg = state
+        if not count or total is None:
+            return None
+        return _divide(total, count, shard_avg)
+    values, shard_result = state
+    if kind == "count_distinct":
+        return len(values)
+    if not values:
+        return None
+    total = sum(values.values())
+    if kind == "sum_distinct":
+        return total
+    return _divide(total, len(values), shard_result)
+
+
+@dataclasses.dataclass(frozen=True)
+class Filter:
+    """HAVING, evaluated on merged groups: keeps rows whose predicate is TRUE."""
+
+    predicate: Callable[[Row], Any]
+    label: str
+
+    def apply(self, rows: Iterable[Row]) -> Iterator[Row]:
+        predicate = self.predicate
+        return (row for row in rows if predicate(row) is True)
+
+    def describe(self) -> str:
+        return f"Filter {self.label}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Sort:
+    """ORDER BY over rows made after the shards (merged groups); top-k with a limit."""
+
+    keys: tuple[SortKey, ...]
+    top: int | None = None
+
+    def apply(self, rows: Iterable[Row]) -> Iterator[Row]:
+        key = sort_key(self.keys)
+        if self.top is not None:
+            return iter(heapq.nsmallest(self.top, rows, key=key))
+        return iter(sorted(rows, key=key))
+
+    def describe(self) -> str:
+        top = f" (top {self.top})" if self.top is not None else ""
+        return f"Sort {', '.join(key.describe() for key in self.keys)}{top}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Distinct:
+    """DISTINCT over the user's columns, as the database compares them."""
+
+    indices: tuple[int, ...]
+    transforms: tuple[Transform, ...]
+
+    def apply(self, rows: Iterable[Row]) -> Iterator[Row]:
+        seen: set[Any] = set()
+        pairs = list(zip(self.indices, self.transforms, strict=True))
+        for row in rows:
+            key = tuple([transform(row[i]) for i, transform in pairs])
+            if key not in seen:
+                seen.add(key)
+                yield row
+
+    def describe(self) -> str:
+        return f"Distinct over {len(self.indices)} column(s)"
+
+
+@dataclasses.dataclass(frozen=True)
+class Limit:
+    """LIMIT/OFFSET after the merge (each shard was asked for ``limit + offset`` rows)."""
+
+    limit: int | None
+    offset: int
+
+    def apply(self, rows: Iterable[Row]) -> Iterator[Row]:
+        stop = None if self.limit is None else self.offset + self.limit
+        return itertools.islice(rows, self.offset, stop)
+
+    def describe(self) -> str:
+        limit = "ALL" if self.limit is None else str(self.limit)
+        return f"Limit {limit} offset {self.offset}"
+
+
+Combiner = Concatenate | MergeSort
+Step = Aggregate | Filter | Sort | Distinct | Limit
+
+
+def run(
+    combiner: Combiner, steps: Sequence[Step], streams: Sequence[Iterator[Row]]
+) -> Iterator[Row]:
+    """Feed the shards' streams through ``combiner`` and then each step in turn."""
+    rows: Iterator[Row] = combiner.combine(streams)
+    for step in steps:
+        rows = iter(step.apply(rows))
+    return rows

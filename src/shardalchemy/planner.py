@@ -1,0 +1,880 @@
+"""The planner: a multi-shard SELECT -> a plan (per-shard statement + merge steps).
+
+Pure: it reads the statement, the sharding rules and a few facts about the
+shards' database (how it orders NULLs, how it compares text) and returns a
+:class:`Plan`; it never touches a connection.
+
+The plan answers what one database holding every shard's rows would answer:
+
+- ``ORDER BY`` (any keys, ASC/DESC, NULLS FIRST/LAST or the dialect's
+  default): each shard sorts, the plan merges the sorted streams; keys that
+  are not in the select list become hidden columns, stripped from the result.
+- ``LIMIT n OFFSET m``: each shard returns its first ``n + m`` rows, the
+  OFFSET is applied after the merge.
+- ``count``, ``sum``, ``min``, ``max``, ``avg`` (as SUM and COUNT),
+  ``count/sum/avg(DISTINCT x)`` (the distinct values are pushed down as a
+  group key), with or without ``GROUP BY``; ``HAVING``, ``ORDER BY`` and
+  ``LIMIT`` are applied to the merged groups.
+- ``DISTINCT``; ``UNION`` and ``UNION ALL``.
+
+Whatever it cannot answer exactly raises
+:class:`~shardalchemy.CrossShardQueryError` naming the construct: window
+functions, aggregates it does not know, expressions over aggregates, FOR
+UPDATE, INTERSECT/EXCEPT, joins of tables that are not co-located, subqueries
+that aggregate or limit sharded rows, and text keys compared under a
+collation Python cannot reproduce (MariaDB's default case-insensitive one).
+
+Example::
+
+    plan = plan_select(select(City).order_by(City.name).limit(10), facts, rules)
+    print(plan)
+    # Limit 10 offset 0
+    # └── MergeSort cities.name ASC NULLS FIRST
+    #     └── each shard: SELECT ... ORDER BY cities.name LIMIT 10
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import operator
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import CompoundSelect, Select
+from sqlalchemy.sql import operators, sqltypes, visitors
+from sqlalchemy.sql.elements import (
+    BinaryExpression,
+    BindParameter,
+    BooleanClauseList,
+    ClauseElement,
+    ColumnElement,
+    False_,
+    FunctionFilter,
+    Grouping,
+    Label,
+    Null,
+    Over,
+    True_,
+    UnaryExpression,
+    WithinGroup,
+)
+from sqlalchemy.sql.functions import FunctionElement
+
+from . import _compat
+from .errors import CrossShardQueryError
+from .merge import (
+    Aggregate,
+    AggregateSlot,
+    Combiner,
+    Concatenate,
+    Distinct,
+    Filter,
+    Limit,
+    MergeSort,
+    Row,
+    Sort,
+    SortKey,
+    Step,
+    Transform,
+    pad_space,
+    run,
+)
+from .models import FollowRule, RuleBook
+from .router import _groups, _tables_of
+
+# aggregates the planner merges; others it refuses (it cannot know every
+# user-defined aggregate: these are the ones databases ship)
+_MERGEABLE = frozenset({"count", "sum", "min", "max", "avg"})
+_UNMERGEABLE = frozenset(
+    {
+        "array_agg", "string_agg", "group_concat", "json_agg", "jsonb_agg", "json_object_agg",
+        "jsonb_object_agg", "json_arrayagg", "json_objectagg", "json_group_array",
+        "json_group_object", "xmlagg", "listagg", "bool_and", "bool_or", "every", "bit_and",
+        "bit_or", "bit_xor", "stddev", "stddev_pop", "stddev_samp", "std", "variance",
+        "var_pop", "var_samp", "median", "mode", "percentile_cont", "percentile_disc", "corr",
+        "covar_pop", "covar_samp", "regr_slope", "regr_intercept", "regr_count", "regr_r2",
+        "regr_avgx", "regr_avgy", "regr_sxx", "regr_syy", "regr_sxy", "total", "any_value",
+        "range_agg", "range_intersect_agg",
+    }
+)  # fmt: skip
+_WINDOW_ONLY = frozenset(
+    {"row_number", "rank", "dense_rank", "percent_rank", "cume_dist", "ntile", "lag", "lead",
+     "first_value", "last_value", "nth_value"}
+)  # fmt: skip
+_COMPARISONS: dict[Any, Callable[[Any, Any], Any]] = {
+    operators.eq: operator.eq,
+    operators.ne: operator.ne,
+    operators.lt: operator.lt,
+    operators.le: operator.le,
+    operators.gt: operator.gt,
+    operators.ge: operator.ge,
+}
+_ARITHMETIC: dict[Any, Callable[[Any, Any], Any]] = {
+    operators.add: operator.add,
+    operators.sub: operator.sub,
+    operators.mul: operator.mul,
+}
+# text collations whose order is code-point order, per dialect family
+_BINARY_COLLATIONS = {
+    "sqlite": {None, "binary"},
+    "postgresql": {"c", "posix", "c.utf-8", "c.utf8", "ucs_basic", "default"},
+}
+
+# a hidden column's label, unlikely to meet a user's
+_HIDDEN = "_shardalchemy_{}_{}"
+
+
+@dataclasses.dataclass(frozen=True)
+class DatabaseFacts:
+    """What the planner must know about the shards' database to merge exactly.
+
+    ``dialect`` is SQLAlchemy's dialect name; ``nulls_high`` whether NULL
+    sorts above every value (PostgreSQL; SQLite and MariaDB sort it below);
+    ``default_collation`` the database's default text collation (lower case),
+    ``None`` for SQLite's BINARY.
+
+    Example::
+
+        DatabaseFacts("postgresql", nulls_high=True, default_collation="c.utf-8")
+    """
+
+    dialect: str
+    nulls_high: bool
+    default_collation: str | None = None
+
+    def text_transform(self, collation: str | None) -> Transform | None:
+        """How to compare text under ``collation`` (``None``: the default) like the database.
+
+        Returns a function to apply to values before comparing them, or
+        ``None`` when Python cannot reproduce the collation's order.
+        """
+        name = (collation or self.default_collation or "").lower() or None
+        family = "mysql" if self.dialect in ("mysql", "mariadb") else self.dialect
+        if family == "mysql":
+            if name == "binary" or (name is not None and "_nopad_bin" in name):
+                return _same
+            if name is not None and name.endswith("_bin"):
+                return pad_space  # binary order, but trailing spaces do not count
+            return None
+        if name in _BINARY_COLLATIONS.get(family, ()):
+            return _same
+        return None
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """How to run a multi-shard SELECT: ``statement`` on each shard, then merge.
+
+    ``combiner`` joins the shards' row streams (shard after shard, or a
+    k-way merge), ``steps`` run over the combined rows in order; ``visible``
+    is the number of the user's columns when hidden ones were added (they
+    are stripped from the result), else ``None``.  ``str(plan)`` is the
+    operator tree, as :meth:`ShardedSession.explain` shows it.
+    """
+
+    statement: Any
+    combiner: Combiner
+    steps: tuple[Step, ...]
+    visible: int | None
+    single_entity: bool = False
+
+    @property
+    def merges(self) -> bool:
+        """Whether the plan does more than concatenate the shards' rows."""
+        return bool(self.steps) or not isinstance(self.combiner, Concatenate)
+
+    def merge(self, streams: Sequence[Iterator[Row]]) -> Iterator[Row]:
+        """The user's rows from the shards' row streams (tuples in the per-shard layout)."""
+        return run(self.combiner, self.steps, streams)
+
+    def lines(self) -> list[str]:
+        operators_top_down = [step.describe() for step in reversed(self.steps)]
+        operators_top_down.append(self.combiner.describe())
+        sql = " ".join(str(self.statement).split())
+        operators_top_down.append(f"each shard: {sql}")
+        lines: list[str] = []
+        for depth, text in enumerate(operators_top_down):
+            lines.append(text if depth == 0 else "    " * (depth - 1) + "└── " + text)
+        return lines
+
+    def __str__(self) -> str:
+        return "\n".join(self.lines())
+
+
+def refuse(construct: str, why: str) -> CrossShardQueryError:
+    """The error for a construct that cannot be answered exactly across shards."""
+    return CrossShardQueryError(
+        f"{construct} cannot be answered exactly across shards: {why}. Pin the statement to "
+        "one shard (a shard-key predicate or set_shard_id(...)), rewrite it, or ask for "
+        "SQLAlchemy's concatenated per-shard results with "
+        ".execution_options(cross_shard='concatenate')",
+        construct=construct,
+    )
+
+
+def _short(element: Any) -> str:
+    try:
+        text = str(element)
+    except Exception:  # an element that cannot compile without a dialect
+        text = type(element).__name__
+    text = " ".join(text.split())
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+# -- looking at expressions --------------------------------------------------------
+
+
+def _strip(element: Any) -> Any:
+    """``element`` without labels and parentheses."""
+    while True:
+        if isinstance(element, Label | Grouping):
+            element = element.element
+        else:
+            return element
+
+
+def _function_name(element: Any) -> str | None:
+    if isinstance(element, FunctionElement):
+        return str(getattr(element, "name", "")).lower()
+    return None
+
+
+def _arguments(function: Any) -> list[Any]:
+    return list(function.clauses.clauses) if getattr(function, "clauses", None) is not None else []
+
+
+def _is_aggregate(element: Any) -> bool:
+    """A call of a mergeable aggregate (``min``/``max`` of two arguments are scalar in SQLite)."""
+    name = _function_name(element)
+    if name not in _MERGEABLE:
+        return False
+    return not (name in ("min", "max") and len(_arguments(element)) != 1)
+
+
+def _contains_aggregate(element: Any) -> bool:
+    return any(
+        _is_aggregate(inner) or _function_name(inner) in _UNMERGEABLE
+        for inner in visitors.iterate(element)
+    )
+
+
+def _same_expression(left: Any, right: Any) -> bool:
+    return bool(_compat.plain(_strip(left)).compare(_compat.plain(_strip(right))))
+
+
+def _text_like(element: Any) -> bool:
+    type_ = getattr(element, "type", None)
+    return type_ is None or isinstance(type_, sqltypes.String | sqltypes.NullType)
+
+
+def _explicit_collation(element: Any) -> str | None:
+    """A collation named by ``.collate(...)`` or by a String column type inside ``element``."""
+    for inner in visitors.iterate(element):
+        if isinstance(inner, BinaryExpression) and inner.operator is operators.collate:
+            return str(getattr(inner.right, "collation", "")) or None
+    for inner in [element, *visitors.iterate(element)]:
+        collation = getattr(getattr(inner, "type", None), "collation", None)
+        if collation:
+            return str(collation)
+    return None
+
+
+class _Builder:
+    """Collects hidden columns and slots while one statement is planned."""
+
+    def __init__(self, statement: Any, facts: DatabaseFacts, parameters: Mapping[str, Any]):
+        self.statement = statement
+        self.facts = facts
+        self.parameters = parameters
+        self.visible: list[Any] = _compat.raw_columns(statement)
+        self.hidden: list[Any] = []
+        self.counter = itertools.count()
+
+    # positions of expressions in the per-shard row
+    def width(self) -> int:
+        return len(self.visible) + len(self.hidden)
+
+    def visible_index(self, expression: Any) -> int | None:
+        for index, column in enumerate(self.visible):
+            if not isinstance(column, ColumnElement):
+                continue  # an ORM entity: its columns are not one result column
+            if _same_expression(column, expression):
+                return index
+        return None
+
+    def by_label(self, name: str) -> int:
+        for index, column in enumerate(self.visible):
+            if getattr(column, "name", None) == name or getattr(column, "key", None) == name:
+                return index
+        raise refuse(f"ORDER BY / GROUP BY {name!r}", "it names no column of the select list")
+
+    def hidden_index(self, expression: Any, kind: str) -> int:
+        for index, column in enumerate(self.hidden):
+            if _same_expression(column, expression):
+                return len(self.visible) + index
+        label = _HIDDEN.format(kind, next(self.counter))
+        self.hidden.append(_strip(expression).label(label))
+        return len(self.visible) + len(self.hidden) - 1
+
+    def index_of(self, expression: Any, kind: str) -> int:
+        reference = _compat.label_reference_name(expression)
+        if reference is not None:
+            return self.by_label(reference)
+        expression = _compat.unwrap_label_reference(expression)
+        index = self.visible_index(expression)
+        return index if index is not None else self.hidden_index(expression, kind)
+
+    def expression_at(self, index: int) -> Any:
+        if index < len(self.visible):
+            return self.visible[index]
+        return self.hidden[index - len(self.visible)]
+
+    def transform(self, expression: Any, what: str) -> Transform:
+        """How values of ``expression`` compare in the database; refuses what cannot be told."""
+        if isinstance(getattr(expression, "type", None), sqltypes.Enum) and (
+            self.facts.dialect != "sqlite" and getattr(expression.type, "native_enum", False)
+        ):
+            raise refuse(
+                f"{what} {_short(expression)}",
+                "a native ENUM orders by its declaration order, not by its labels",
+            )
+        if isinstance(getattr(expression, "type", None), sqltypes.JSON):
+            raise refuse(f"{what} {_short(expression)}", "JSON values have no portable order")
+        if not _text_like(expression):
+            return _same
+        collation = _explicit_collation(expression)
+        transform = self.facts.text_transform(collation)
+        if transform is None:
+            shown = collation or self.facts.default_collation or "the default"
+            raise refuse(
+                f"{what} {_short(expression)} under collation {shown}",
+                "shardalchemy compares text across shards in code-point order and cannot "
+                "reproduce this collation; use a binary collation "
+                "(e.g. .collate('utf8mb4_bin') on MariaDB, .collate('C') on PostgreSQL)",
+            )
+        return transform
+
+    def sort_keys(self, clauses: Sequence[Any], resolve: Callable[[Any], int]) -> list[SortKey]:
+        keys = []
+        for clause in clauses:
+            expression, descending, nulls_first = _order_parts(clause)
+            if nulls_first is None:
+                nulls_first = descending if self.facts.nulls_high else not descending
+            index = resolve(expression)
+            shown = self.expression_at(index)
+            if isinstance(shown, ColumnElement):
+                transform = self.transform(_compat.unwrap_label_reference(expression), "ORDER BY")
+            else:
+                raise refuse(f"ORDER BY {_short(expression)}", "it does not name a column")
+            keys.append(SortKey(index, descending, nulls_first, transform, _short(expression)))
+        return keys
+
+    def limit_offset(self) -> tuple[int | None, int]:
+        limit, offset = _compat.limit_offset(self.statement, self.parameters)
+        return limit, offset or 0
+
+
+def _order_parts(clause: Any) -> tuple[Any, bool, bool | None]:
+    """(expression, descending, nulls first or None for the default) of an ORDER BY key."""
+    descending = False
+    nulls_first: bool | None = None
+    element = clause
+    while True:
+        if isinstance(element, UnaryExpression) and element.modifier is not None:
+            modifier = element.modifier
+            if modifier is operators.desc_op:
+                descending = True
+            elif modifier is operators.nulls_first_op:
+                nulls_first = True
+            elif modifier is operators.nulls_last_op:
+                nulls_first = False
+            elif modifier is not operators.asc_op:
+                break
+            element = element.element
+        elif isinstance(element, Grouping):
+            element = element.element
+        else:
+            break
+    return element, descending, nulls_first
+
+
+# -- what no plan can answer ------------------------------------------------------------
+
+
+def _check_constructs(statement: Any, rules: RuleBook | None) -> None:
+    """Refuse what would make a per-shard answer differ from one database's."""
+    if getattr(statement, "_for_update_arg", None) is not None:
+        raise refuse(
+            "SELECT ... FOR UPDATE",
+            "rows locked on several shards in one statement are not one lock; lock per shard",
+        )
+    for element in visitors.iterate(statement):
+        if isinstance(element, Over):
+            raise refuse(
+                f"window function {_short(element)}",
+                "a window over rows of several shards is computed per shard",
+            )
+        if isinstance(element, WithinGroup):
+            raise refuse(f"ordered-set aggregate {_short(element)}", "it cannot be merged")
+        if isinstance(element, FunctionFilter):
+            raise refuse(f"aggregate FILTER {_short(element)}", "FILTER is not merged yet")
+        name = _function_name(element)
+        if name in _UNMERGEABLE:
+            raise refuse(f"aggregate {name}()", "shardalchemy does not know how to merge it")
+        if name in _WINDOW_ONLY:
+            raise refuse(f"window function {name}()", "it is computed per shard")
+        if isinstance(element, CompoundSelect) and element is not statement:
+            _check_compound_keyword(element)
+        if isinstance(element, Select) and element is not statement and rules is not None:
+            _check_subquery(element, rules)
+    if rules is not None:
+        groups = _groups(_tables_of(statement), rules)
+        if len(groups) > 1:
+            names = sorted(name for tables in groups.values() for name in tables)
+            raise refuse(
+                f"a statement over {', '.join(names)}",
+                "these tables are sharded independently (not co-located), so their rows "
+                "meet on no single shard",
+            )
+
+
+def _check_compound_keyword(compound: CompoundSelect) -> None:
+    keyword = str(getattr(compound.keyword, "name", compound.keyword)).upper()
+    if "INTERSECT" in keyword or "EXCEPT" in keyword:
+        raise refuse(
+            keyword.replace("_", " "),
+            "a row of one side and a row of the other may live on different shards",
+        )
+
+
+def _check_subquery(select: Select[Any], rules: RuleBook) -> None:
+    if not any(rules.for_table(table) is not None for table in _tables_of(select)):
+        return  # reads no sharded table: the same on every shard
+    why = []
+    if _compat.group_by(select):
+        why.append("GROUP BY")
+    if _compat.has_limit_or_offset(select):
+        why.append("LIMIT/OFFSET")
+    if getattr(select, "_distinct", False):
+        why.append("DISTINCT")
+    if any(_contains_aggregate(column) for column in _compat.raw_columns(select)):
+        why.append("an aggregate")
+    if why and not _correlated_colocated(select, rules):
+        raise refuse(
+            f"a subquery with {' and '.join(why)} ({_short(select)})",
+            "it would be computed per shard over that shard's rows only",
+        )
+
+
+def _correlated_colocated(select: Select[Any], rules: RuleBook) -> bool:
+    """Whether ``select`` reads only rows co-located with the outer row it is correlated to.
+
+    True when its WHERE requires (AND) a follower's foreign key to equal the
+    outer parent's referenced column (``Report.city_id == City.id``, as a
+    count of a city's reports is written): those rows live on the outer
+    row's shard.
+    """
+    own = {_compat.plain(table) for table in _tables_of(select)}
+    where = getattr(select, "whereclause", None)
+    if where is None:
+        return False
+    for conjunct in _conjuncts(where):
+        if not (isinstance(conjunct, BinaryExpression) and conjunct.operator is operators.eq):
+            continue
+        left, right = _compat.plain(conjunct.left), _compat.plain(conjunct.right)
+        tables = (getattr(left, "table", None), getattr(right, "table", None))
+        if None in tables or (tables[0] in own) == (tables[1] in own):
+            continue
+        for table in tables:
+            rule = rules.for_table(table)
+            if not isinstance(rule, FollowRule):
+                continue
+            for local, remote in rule.relationship.local_remote_pairs or ():
+                pair = {_compat.plain(local), _compat.plain(remote)}
+                if pair == {left, right}:
+                    return True
+    return False
+
+
+def _conjuncts(clause: Any) -> Iterator[Any]:
+    clause = _strip(clause)
+    if isinstance(clause, BooleanClauseList) and clause.operator is operators.and_:
+        for inner in clause.clauses:
+            yield from _conjuncts(inner)
+    else:
+        yield clause
+
+
+# -- planning ---------------------------------------------------------------------------
+
+
+def plan_select(
+    statement: Any,
+    facts: DatabaseFacts,
+    rules: RuleBook | None = None,
+    parameters: Mapping[str, Any] | None = None,
+) -> Plan:
+    """Plan a SELECT (or UNION) that runs on several shards.
+
+    ``parameters`` are the execution's parameters (for LIMIT/OFFSET and
+    HAVING values given at execute time).  Raises
+    :class:`~shardalchemy.CrossShardQueryError` for what it cannot answer.
+    """
+    parameters = parameters or {}
+    _check_constructs(statement, rules)
+    if isinstance(statement, CompoundSelect):
+        return _plan_compound(statement, facts, parameters)
+    if not isinstance(statement, Select):
+        raise refuse(_short(statement), "only SELECT statements are merged across shards")
+    if _compat.distinct_on(statement):
+        raise refuse("DISTINCT ON", "it is not merged yet")
+    if _compat.fetch_clause(statement):
+        raise refuse("FETCH FIRST ... WITH TIES / PERCENT", "it is not merged yet")
+    builder = _Builder(statement, facts, parameters)
+    grouped = bool(_compat.group_by(statement)) or any(
+        _contains_aggregate(column) for column in builder.visible
+    )
+    having = _compat.having(statement)
+    if grouped or having is not None:
+        return _plan_aggregate(builder, having)
+    return _plan_rows(builder)
+
+
+def _single_entity(statement: Any) -> bool:
+    descriptions = statement.column_descriptions
+    if len(descriptions) != 1:
+        return False
+    description = descriptions[0]
+    return description.get("entity") is not None and description.get("expr") is description.get(
+        "entity"
+    )
+
+
+def _plan_rows(builder: _Builder) -> Plan:
+    """Rows as they are: merge-sort, DISTINCT, LIMIT/OFFSET."""
+    statement = builder.statement
+    keys = builder.sort_keys(
+        _compat.order_by(statement), lambda expression: builder.index_of(expression, "sort")
+    )
+    steps: list[Step] = []
+    if getattr(statement, "_distinct", False):
+        steps.append(_distinct(builder))
+    limit, offset = builder.limit_offset()
+    shard_statement = statement
+    if builder.hidden:
+        shard_statement = shard_statement.add_columns(*builder.hidden)
+    if limit is not None or offset:
+        shard_statement = shard_statement.limit(None if limit is None else limit + offset).offset(
+            None
+        )
+        steps.append(Limit(limit, offset))
+    combiner: Combiner = MergeSort(tuple(keys)) if keys else Concatenate()
+    return Plan(
+        shard_statement,
+        combiner,
+        tuple(steps),
+        len(builder.visible) if builder.hidden else None,
+        _single_entity(statement),
+    )
+
+
+def _distinct(builder: _Builder) -> Distinct:
+    transforms = []
+    for column in builder.visible:
+        if isinstance(column, ColumnElement):
+            transforms.append(builder.transform(column, "DISTINCT"))
+        else:
+            transforms.append(_same)  # an ORM entity: one object per row identity
+    return Distinct(tuple(range(len(builder.visible))), tuple(transforms))
+
+
+class _Aggregates:
+    """The aggregate slots of a grouped statement, and the partial columns they need."""
+
+    def __init__(self, builder: _Builder) -> None:
+        self.builder = builder
+        self.slots: list[AggregateSlot] = []
+        self.expressions: list[Any] = []
+        self.extra_group_by: list[Any] = []
+
+    def slot_index(self, aggregate: Any, index: int | None = None) -> int:
+        """The row position of ``aggregate``'s final value (``index``: where it is visible)."""
+        for expression, slot in zip(self.expressions, self.slots, strict=True):
+            if _same_expression(expression, aggregate):
+                return slot.index
+        builder = self.builder
+        function = _strip(aggregate)
+        name = _function_name(function)
+        assert name is not None
+        arguments = _arguments(function)
+        distinct_value = None
+        if len(arguments) == 1 and _compat.is_distinct(arguments[0]):
+            distinct_value = arguments[0].element
+        if index is None:
+            index = builder.hidden_index(function, "aggregate")
+        label = _short(function)
+        if distinct_value is not None and name in ("count", "sum", "avg"):
+            value_index = builder.hidden_index(distinct_value, "distinct")
+            self.extra_group_by.append(distinct_value)
+            transform = builder.transform(distinct_value, f"{name}(DISTINCT)")
+            slot = AggregateSlot(f"{name}_distinct", index, (value_index, index), transform, label)
+        elif name == "avg":
+            (argument,) = arguments
+            total = builder.hidden_index(_compat.function("sum", argument), "sum")
+            count = builder.hidden_index(_compat.function("count", argument), "count")
+            slot = AggregateSlot("avg", index, (total, count, index), label=label)
+        elif name in ("min", "max"):
+            (argument,) = arguments
+            transform = builder.transform(_strip(argument), f"{name}()")
+            slot = AggregateSlot(name, index, (index,), transform, label)
+        else:
+            slot = AggregateSlot(name, index, (index,), label=label)
+        self.expressions.append(function)
+        self.slots.append(slot)
+        return index
+
+
+def _plan_aggregate(builder: _Builder, having: Any) -> Plan:
+    """GROUP BY / aggregates: partials per shard, re-aggregated after the merge."""
+    statement = builder.statement
+    if any(not isinstance(column, ColumnElement) for column in builder.visible):
+        raise refuse(
+            "an ORM entity in an aggregate query",
+            "select the entity's columns instead, or aggregate in a subquery pinned to a shard",
+        )
+    aggregates = _Aggregates(builder)
+    group_by = list(_compat.group_by(statement))
+    group_indices = [builder.index_of(expression, "group") for expression in group_by]
+    for index, column in enumerate(builder.visible):
+        inner = _strip(column)
+        if _is_aggregate(inner):
+            aggregates.slot_index(inner, index)
+        elif _contains_aggregate(inner):
+            raise refuse(
+                f"the expression {_short(column)}",
+                "only plain aggregate calls are merged, not expressions over them; select "
+                "the aggregates and compute the expression in Python",
+            )
+        elif not group_by and _reads_columns(inner):
+            raise refuse(
+                f"the column {_short(column)} outside an aggregate without GROUP BY",
+                "its value would come from an arbitrary shard's row",
+            )
+    predicate = None
+    if having is not None:
+        predicate = _Predicate(builder, aggregates).compile(having)
+
+    def resolve(expression: Any) -> int:
+        if _compat.label_reference_name(expression) is not None:
+            return builder.index_of(expression, "sort")
+        expression = _compat.unwrap_label_reference(expression)
+        if _is_aggregate(_strip(expression)):
+            return aggregates.slot_index(_strip(expression), builder.visible_index(expression))
+        if _contains_aggregate(expression):
+            raise refuse(f"ORDER BY {_short(expression)}", "it is an expression over aggregates")
+        return builder.index_of(expression, "sort")
+
+    keys = builder.sort_keys(_compat.order_by(statement), resolve)
+    group_transforms = tuple(
+        builder.transform(builder.expression_at(index), "GROUP BY") for index in group_indices
+    )
+    steps: list[Step] = [
+        Aggregate(
+            tuple(group_indices),
+            tuple(aggregates.slots),
+            scalar=not group_by,
+            group_transforms=group_transforms,
+            group_labels=tuple(_short(expression) for expression in group_by),
+        )
+    ]
+    if predicate is not None:
+        steps.append(Filter(predicate, f"HAVING {_short(having)}"))
+    if getattr(statement, "_distinct", False):
+        steps.append(_distinct(builder))
+    limit, offset = builder.limit_offset()
+    if keys:
+        steps.append(Sort(tuple(keys), None if limit is None else limit + offset))
+    if limit is not None or offset:
+        steps.append(Limit(limit, offset))
+    shard_statement = _compat.without_having(statement).order_by(None).limit(None).offset(None)
+    if builder.hidden:
+        shard_statement = shard_statement.add_columns(*builder.hidden)
+    if aggregates.extra_group_by:
+        shard_statement = shard_statement.group_by(*aggregates.extra_group_by)
+    return Plan(
+        shard_statement,
+        Concatenate(),
+        tuple(steps),
+        len(builder.visible) if builder.hidden else None,
+    )
+
+
+def _reads_columns(element: Any) -> bool:
+    return any(
+        isinstance(inner, ColumnElement) and getattr(inner, "table", None) is not None
+        for inner in visitors.iterate(element)
+    )
+
+
+class _Predicate:
+    """HAVING compiled to a Python function of a merged row, in SQL's three-valued logic."""
+
+    def __init__(self, builder: _Builder, aggregates: _Aggregates) -> None:
+        self.builder = builder
+        self.aggregates = aggregates
+
+    def compile(self, clause: Any) -> Callable[[Row], Any]:
+        clause = _strip(clause)
+        if isinstance(clause, BooleanClauseList) and clause.operator in (
+            operators.and_,
+            operators.or_,
+        ):
+            parts = [self.compile(inner) for inner in clause.clauses]
+            return _and(parts) if clause.operator is operators.and_ else _or(parts)
+        if isinstance(clause, UnaryExpression) and clause.operator is operators.inv:
+            inner = self.compile(clause.element)
+            return lambda row: None if (value := inner(row)) is None else not value
+        if isinstance(clause, BinaryExpression):
+            if clause.operator in (operators.is_, operators.is_not) and isinstance(
+                clause.right, Null
+            ):
+                left = self.operand(clause.left)
+                if clause.operator is operators.is_:
+                    return lambda row: left(row) is None
+                return lambda row: left(row) is not None
+            compare = _COMPARISONS.get(clause.operator)
+            if compare is not None:
+                self._check_text(clause)
+                left, right = self.operand(clause.left), self.operand(clause.right)
+
+                def comparison(row: Row) -> Any:
+                    a, b = left(row), right(row)
+                    return None if a is None or b is None else compare(a, b)
+
+                return comparison
+        if isinstance(clause, True_ | False_):
+            value = isinstance(clause, True_)
+            return lambda row: value
+        raise refuse(f"HAVING {_short(clause)}", "only comparisons, AND, OR and NOT are merged")
+
+    def _check_text(self, clause: BinaryExpression[Any]) -> None:
+        for side in (clause.left, clause.right):
+            if isinstance(side, BindParameter):
+                continue
+            if _text_like(side) and self.builder.transform(side, "HAVING") is not _same:
+                raise refuse(f"HAVING {_short(clause)}", "it compares text under a collation")
+
+    def operand(self, element: Any) -> Callable[[Row], Any]:
+        element = _strip(element)
+        if isinstance(element, BindParameter):
+            value = _compat.bind_value(element, self.builder.parameters)
+            return lambda row: value
+        if isinstance(element, Null):
+            return lambda row: None
+        if _is_aggregate(element):
+            index = self.aggregates.slot_index(element)
+            return operator.itemgetter(index)
+        arithmetic = (
+            _ARITHMETIC.get(element.operator) if isinstance(element, BinaryExpression) else None
+        )
+        if arithmetic is not None and _contains_aggregate(element):
+            assert isinstance(element, BinaryExpression)
+            left, right = self.operand(element.left), self.operand(element.right)
+
+            def compute(row: Row) -> Any:
+                a, b = left(row), right(row)
+                return None if a is None or b is None else arithmetic(a, b)
+
+            return compute
+        if _contains_aggregate(element):
+            raise refuse(f"HAVING operand {_short(element)}", "it is an expression over aggregates")
+        if not isinstance(element, ClauseElement):
+            raise refuse(f"HAVING operand {_short(element)}", "it is not an expression")
+        # a group-level expression: the same on every row of the group
+        index = self.builder.index_of(element, "having")
+        return operator.itemgetter(index)
+
+
+def _and(parts: list[Callable[[Row], Any]]) -> Callable[[Row], Any]:
+    def evaluate(row: Row) -> Any:
+        unknown = False
+        for part in parts:
+            value = part(row)
+            if value is None:
+                unknown = True
+            elif not value:
+                return False
+        return None if unknown else True
+
+    return evaluate
+
+
+def _or(parts: list[Callable[[Row], Any]]) -> Callable[[Row], Any]:
+    def evaluate(row: Row) -> Any:
+        unknown = False
+        for part in parts:
+            value = part(row)
+            if value is None:
+                unknown = True
+            elif value:
+                return True
+        return None if unknown else False
+
+    return evaluate
+
+
+def _plan_compound(
+    statement: CompoundSelect, facts: DatabaseFacts, parameters: Mapping[str, Any]
+) -> Plan:
+    """UNION / UNION ALL: the shards' unions, made distinct again, ordered, limited."""
+    _check_compound_keyword(statement)
+    for select in statement.selects:
+        inner = select.element if isinstance(select, Grouping) else select
+        if isinstance(inner, Select) and (
+            _compat.group_by(inner)
+            or _compat.has_limit_or_offset(inner)
+            or any(_contains_aggregate(column) for column in _compat.raw_columns(inner))
+        ):
+            raise refuse(
+                "a UNION of SELECTs with aggregates, GROUP BY or LIMIT",
+                "each part would be computed per shard",
+            )
+    columns = list(statement.selected_columns)
+    facts_builder = _Builder.__new__(_Builder)
+    facts_builder.statement = statement
+    facts_builder.facts = facts
+    facts_builder.parameters = parameters
+    facts_builder.visible = columns
+    facts_builder.hidden = []
+    facts_builder.counter = itertools.count()
+
+    def resolve(expression: Any) -> int:
+        name = _compat.label_reference_name(expression)
+        if name is not None:
+            return facts_builder.by_label(name)
+        expression = _compat.unwrap_label_reference(expression)
+        index = facts_builder.visible_index(expression)
+        if index is None:
+            name = getattr(expression, "key", None) or getattr(expression, "name", None)
+            if name is None:
+                raise refuse(f"ORDER BY {_short(expression)}", "it is not a column of the UNION")
+            return facts_builder.by_label(str(name))
+        return index
+
+    keys = facts_builder.sort_keys(_compat.order_by(statement), resolve)
+    steps: list[Step] = []
+    keyword = str(getattr(statement.keyword, "name", statement.keyword)).upper()
+    if keyword == "UNION":
+        steps.append(_distinct(facts_builder))
+    limit, offset = facts_builder.limit_offset()
+    shard_statement: Any = statement
+    if limit is not None or offset:
+        shard_statement = statement.limit(None if limit is None else limit + offset).offset(None)
+        steps.append(Limit(limit, offset))
+    combiner: Combiner = MergeSort(tuple(keys)) if keys else Concatenate()
+    return Plan(shard_statement, combiner, tuple(steps), None)
