@@ -324,26 +324,16 @@ def bind_value(bind: Any, parameters: Any) -> Any:
     return bind.effective_value
 
 
-def limit_offset(statement: Any, parameters: Any) -> tuple[int | None, int | None]:
-    """LIMIT and OFFSET as integers (literals or bound values); refuses SQL expressions."""
+def limit_offset(statement: Any, parameters: Any) -> tuple[Any, Any]:
+    """LIMIT and OFFSET: their values when bound (literals or parameters), else the clause."""
     from sqlalchemy.sql.elements import BindParameter
 
-    from .errors import CrossShardQueryError
-
-    values: list[int | None] = []
+    values: list[Any] = []
     for name in ("_limit_clause", "_offset_clause"):
         clause = getattr(statement, name, None)
-        if clause is None:
-            values.append(None)
-            continue
-        value = bind_value(clause, parameters) if isinstance(clause, BindParameter) else clause
-        if value is not None and not isinstance(value, int):
-            raise CrossShardQueryError(
-                f"{name[1:-7].upper()} {value} is not an integer; across shards LIMIT and OFFSET "
-                "must be integers (literals or bound values)",
-                construct=name[1:-7].upper(),
-            )
-        values.append(value)
+        if isinstance(clause, BindParameter):
+            clause = bind_value(clause, parameters)
+        values.append(clause)
     return values[0], values[1]
 
 

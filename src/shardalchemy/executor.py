@@ -49,6 +49,8 @@ _pools_lock = threading.Lock()
 _pools: weakref.WeakKeyDictionary[Any, concurrent.futures.ThreadPoolExecutor] = (
     weakref.WeakKeyDictionary()
 )
+# how long cancelled statements get to stop before their asyncio tasks are cancelled
+_CANCEL_GRACE_SECONDS = 10.0
 _facts: weakref.WeakKeyDictionary[Any, DatabaseFacts] = weakref.WeakKeyDictionary()
 
 
@@ -153,8 +155,7 @@ class _Running:
             self.timed_out = timed_out
             running = list(self._now.values())
         for connection in running:
-            if not connection.dialect.is_async:  # asyncio drivers: their tasks are cancelled
-                _cancel_query(connection)
+            _cancel_query(connection)
 
 
 class _Cancelled(Exception):
@@ -162,29 +163,42 @@ class _Cancelled(Exception):
 
 
 def _cancel_query(connection: Any) -> None:
-    """Ask the database to stop what ``connection`` runs now (best effort, any thread)."""
+    """Ask the database to stop what ``connection`` runs now (best effort).
+
+    Server-side, so the statement fails with the database's own "cancelled"
+    error and the connection stays usable (cancelling an asyncio task instead
+    would make SQLAlchemy invalidate the connection).  Callable from any
+    thread; inside AsyncSession, from a greenlet.
+    """
     try:
         dbapi_connection = connection.connection.dbapi_connection
         driver = getattr(dbapi_connection, "driver_connection", dbapi_connection)
         name = connection.dialect.name
         if name == "sqlite":
-            interrupt = getattr(driver, "interrupt", None)
-            if interrupt is not None:
-                interrupt()
-        elif hasattr(driver, "cancel_safe"):  # psycopg >= 3.2
-            driver.cancel_safe()
-        elif hasattr(driver, "cancel") and name == "postgresql":
-            driver.cancel()
-        elif name in ("mysql", "mariadb") and hasattr(driver, "thread_id"):
-            killer = connection.engine.raw_connection()
-            try:
-                cursor = killer.cursor()
-                cursor.execute(f"KILL QUERY {int(driver.thread_id())}")
-                cursor.close()
-            finally:
-                killer.close()
+            driver = getattr(driver, "_conn", driver)  # aiosqlite wraps a sqlite3 connection
+            driver.interrupt()
+        elif name == "postgresql":
+            if hasattr(driver, "cancel_safe") and not connection.dialect.is_async:
+                driver.cancel_safe()  # psycopg >= 3.2: the protocol's cancel request
+            else:
+                pid = driver.get_server_pid() if hasattr(driver, "get_server_pid") else None
+                pid = pid if pid is not None else driver.info.backend_pid
+                _on_other_connection(connection, f"SELECT pg_cancel_backend({int(pid)})")
+        elif name in ("mysql", "mariadb"):
+            thread_id = driver.thread_id()
+            _on_other_connection(connection, f"KILL QUERY {int(thread_id)}")
     except Exception:  # the query may have just finished; nothing to cancel then
         pass
+
+
+def _on_other_connection(connection: Any, sql: str) -> None:
+    other = connection.engine.raw_connection()
+    try:
+        cursor = other.cursor()
+        cursor.execute(sql)
+        cursor.close()
+    finally:
+        other.close()
 
 
 def fan_out(
@@ -306,9 +320,17 @@ def _failure(shards: Sequence[Any], failures: dict[Any, BaseException]) -> Shard
 
     first = min(failures, key=lambda shard: (cause_rank(shard), list(shards).index(shard)))
     cause = failures[first]
+    timed_out = [shard for shard in shards if isinstance(failures.get(shard), ShardTimeoutError)]
     if isinstance(cause, ShardTimeoutError):
         error_class: type[ShardQueryError] = ShardTimeoutError
         message = str(cause)
+        if len(timed_out) > 1:
+            message = (
+                f"shards {', '.join(map(repr, timed_out))} did not answer within the "
+                "statement's shard_timeout; their statements were cancelled"
+            )
+            failures_left = {shard: failures[shard] for shard in failures if shard not in timed_out}
+            failures = {**{shard: failures[shard] for shard in timed_out}, **failures_left}
     else:
         error_class = ShardQueryError
         message = (
@@ -316,8 +338,9 @@ def _failure(shards: Sequence[Any], failures: dict[Any, BaseException]) -> Shard
             f"{str(cause).splitlines()[0] if str(cause) else ''}"
         )
     others = [shard for shard in shards if shard != first and shard not in failures]
-    if len(failures) > 1:
-        message += f"; also failed or cancelled: {', '.join(map(str, failures.keys() - {first}))}"
+    also = [shard for shard in shards if shard in failures and shard not in (first, *timed_out)]
+    if also:
+        message += f"; also failed or cancelled: {', '.join(map(str, also))}"
     if others:
         message += f"; completed: {', '.join(map(str, others))}"
     error = error_class(message, shard=first, failures=failures)
@@ -390,9 +413,9 @@ def _run_async(
             )
             timed_out = deadline is not None and time.monotonic() >= deadline
             if pending and (timed_out or stop_early()):
-                running.cancelled = True
-                running.timed_out = timed_out
-                for task in pending:
+                await greenlet_spawn(running.cancel, timed_out=timed_out)
+                _, pending = await asyncio.wait(pending, timeout=_CANCEL_GRACE_SECONDS)
+                for task in pending:  # the database did not stop it: the last resort
                     task.cancel()
                 await asyncio.gather(*pending, return_exceptions=True)
                 break

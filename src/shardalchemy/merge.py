@@ -198,6 +198,7 @@ class Aggregate:
     scalar: bool
     group_transforms: tuple[Transform, ...] = ()
     group_labels: tuple[str, ...] = ()
+    width: int = 0  # columns of a row (for the one row of an ungrouped aggregate of nothing)
 
     def apply(self, rows: Iterable[Row]) -> Iterator[Row]:
         groups: dict[Any, _Group] = {}
@@ -214,7 +215,14 @@ class Aggregate:
                 for position, slot in enumerate(slots):
                     states[position] = _step(slot, states[position], row)
         if not groups and self.scalar:
-            return  # the shards always return one row each: an empty input is no shard
+            # no row anywhere (a pushed-down DISTINCT value grouped them all away):
+            # an ungrouped aggregate still answers one row, of zero counts and NULLs
+            empty: list[Any] = [None] * self.width
+            for slot in slots:
+                if slot.kind in ("count", "count_distinct"):
+                    empty[slot.index] = 0
+            yield tuple(empty)
+            return
         for state in groups.values():
             out = list(state.row)
             for slot, value in zip(slots, state.states, strict=True):
@@ -299,7 +307,7 @@ def _divide(total: Any, count: int, like: Any) -> Any:
     if isinstance(like, decimal.Decimal):
         quotient = _DIVISION.divide(decimal.Decimal(total), decimal.Decimal(count))
         exponent = like.as_tuple().exponent
-        if isinstance(exponent, int):
+        if isinstance(exponent, int) and exponent < 0:  # the database's scale, if it shows one
             return quotient.quantize(decimal.Decimal(1).scaleb(exponent), context=_DIVISION)
         return quotient
     if isinstance(like, int) and not isinstance(like, bool):

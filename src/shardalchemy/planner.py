@@ -60,6 +60,7 @@ from sqlalchemy.sql.elements import (
     WithinGroup,
 )
 from sqlalchemy.sql.functions import FunctionElement
+from sqlalchemy.sql.selectable import FromClause, ScalarSelect, SelectBase
 
 from . import _compat
 from .errors import CrossShardQueryError
@@ -256,10 +257,20 @@ def _is_aggregate(element: Any) -> bool:
     return not (name in ("min", "max") and len(_arguments(element)) != 1)
 
 
+def _shallow(element: Any) -> Iterator[Any]:
+    """``element`` and what it contains, without entering subqueries (their own business)."""
+    stack = [element]
+    while stack:
+        inner = stack.pop()
+        yield inner
+        if inner is not element and isinstance(inner, SelectBase | ScalarSelect | FromClause):
+            continue
+        stack.extend(inner.get_children())
+
+
 def _contains_aggregate(element: Any) -> bool:
     return any(
-        _is_aggregate(inner) or _function_name(inner) in _UNMERGEABLE
-        for inner in visitors.iterate(element)
+        _is_aggregate(inner) or _function_name(inner) in _UNMERGEABLE for inner in _shallow(element)
     )
 
 
@@ -376,6 +387,12 @@ class _Builder:
 
     def limit_offset(self) -> tuple[int | None, int]:
         limit, offset = _compat.limit_offset(self.statement, self.parameters)
+        for name, value in (("LIMIT", limit), ("OFFSET", offset)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise refuse(
+                    f"{name} {_short(value)}",
+                    "across shards LIMIT and OFFSET must be integers (literals or bound values)",
+                )
         return limit, offset or 0
 
 
@@ -413,6 +430,12 @@ def _check_constructs(statement: Any, rules: RuleBook | None) -> None:
             "SELECT ... FOR UPDATE",
             "rows locked on several shards in one statement are not one lock; lock per shard",
         )
+    # tables of the outer FROM list: a subquery naming one of them is correlated to it
+    outer = {
+        _compat.plain(table)
+        for source in getattr(statement, "get_final_froms", list)()
+        for table in _tables_of(source)
+    }
     for element in visitors.iterate(statement):
         if isinstance(element, Over):
             raise refuse(
@@ -431,7 +454,7 @@ def _check_constructs(statement: Any, rules: RuleBook | None) -> None:
         if isinstance(element, CompoundSelect) and element is not statement:
             _check_compound_keyword(element)
         if isinstance(element, Select) and element is not statement and rules is not None:
-            _check_subquery(element, rules)
+            _check_subquery(element, rules, outer)
     if rules is not None:
         groups = _groups(_tables_of(statement), rules)
         if len(groups) > 1:
@@ -452,7 +475,7 @@ def _check_compound_keyword(compound: CompoundSelect) -> None:
         )
 
 
-def _check_subquery(select: Select[Any], rules: RuleBook) -> None:
+def _check_subquery(select: Select[Any], rules: RuleBook, outer: set[Any]) -> None:
     if not any(rules.for_table(table) is not None for table in _tables_of(select)):
         return  # reads no sharded table: the same on every shard
     why = []
@@ -464,14 +487,14 @@ def _check_subquery(select: Select[Any], rules: RuleBook) -> None:
         why.append("DISTINCT")
     if any(_contains_aggregate(column) for column in _compat.raw_columns(select)):
         why.append("an aggregate")
-    if why and not _correlated_colocated(select, rules):
+    if why and not _correlated_colocated(select, rules, outer):
         raise refuse(
             f"a subquery with {' and '.join(why)} ({_short(select)})",
             "it would be computed per shard over that shard's rows only",
         )
 
 
-def _correlated_colocated(select: Select[Any], rules: RuleBook) -> bool:
+def _correlated_colocated(select: Select[Any], rules: RuleBook, outer: set[Any]) -> bool:
     """Whether ``select`` reads only rows co-located with the outer row it is correlated to.
 
     True when its WHERE requires (AND) a follower's foreign key to equal the
@@ -479,7 +502,7 @@ def _correlated_colocated(select: Select[Any], rules: RuleBook) -> bool:
     count of a city's reports is written): those rows live on the outer
     row's shard.
     """
-    own = {_compat.plain(table) for table in _tables_of(select)}
+    own = {_compat.plain(table) for table in _tables_of(select)} - outer
     where = getattr(select, "whereclause", None)
     if where is None:
         return False
@@ -690,6 +713,7 @@ def _plan_aggregate(builder: _Builder, having: Any) -> Plan:
             scalar=not group_by,
             group_transforms=group_transforms,
             group_labels=tuple(_short(expression) for expression in group_by),
+            width=builder.width(),
         )
     ]
     if predicate is not None:
@@ -717,7 +741,7 @@ def _plan_aggregate(builder: _Builder, having: Any) -> Plan:
 def _reads_columns(element: Any) -> bool:
     return any(
         isinstance(inner, ColumnElement) and getattr(inner, "table", None) is not None
-        for inner in visitors.iterate(element)
+        for inner in _shallow(element)
     )
 
 

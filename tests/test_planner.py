@@ -1,0 +1,227 @@
+"""The planner, without a database: per-shard statements, merge steps, and what it refuses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sqlalchemy import (
+    ForeignKey,
+    String,
+    bindparam,
+    except_,
+    func,
+    intersect,
+    literal_column,
+    select,
+    union,
+    union_all,
+)
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from shardalchemy import CrossShardQueryError, FollowParent, Hash, ShardKey
+from shardalchemy.merge import Aggregate, Concatenate, Distinct, Filter, Limit, MergeSort, Sort
+from shardalchemy.models import RuleBook
+from shardalchemy.planner import DatabaseFacts, Plan, plan_select
+
+SHARDS = ("s0", "s1")
+SQLITE = DatabaseFacts("sqlite", nulls_high=False)
+POSTGRESQL = DatabaseFacts("postgresql", nulls_high=True, default_collation="c.utf-8")
+MARIADB = DatabaseFacts("mariadb", nulls_high=False, default_collation="utf8mb4_general_ci")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class City(Base):
+    __tablename__ = "cities"
+    __sharding__ = ShardKey("id", Hash(buckets=16, shards=list(SHARDS)))
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(50))
+    code: Mapped[str] = mapped_column(String(10, collation="utf8mb4_bin"))
+    population: Mapped[int | None]
+    reports: Mapped[list[Report]] = relationship(back_populates="city")
+
+
+class Report(Base):
+    __tablename__ = "reports"
+    __sharding__ = FollowParent("city")
+    id: Mapped[int] = mapped_column(primary_key=True)
+    city_id: Mapped[int] = mapped_column(ForeignKey("cities.id"))
+    temperature: Mapped[float | None]
+    city: Mapped[City] = relationship(back_populates="reports")
+
+
+class Visit(Base):  # sharded on its own: not co-located with cities
+    __tablename__ = "visits"
+    __sharding__ = ShardKey("visitor", Hash(buckets=16, shards=list(SHARDS)))
+    id: Mapped[int] = mapped_column(primary_key=True)
+    visitor: Mapped[int]
+    city_id: Mapped[int]
+
+
+RULES = RuleBook(SHARDS)
+for mapper in Base.registry.mappers:
+    RULES.for_mapper(mapper)
+
+
+def plan(statement: Any, facts: DatabaseFacts = SQLITE, **parameters: Any) -> Plan:
+    return plan_select(statement, facts, RULES, parameters)
+
+
+def sql(plan_: Plan) -> str:
+    return " ".join(str(plan_.statement.compile(dialect=postgresql.dialect())).split())
+
+
+def test_top_k_pushes_limit_plus_offset_down_and_offsets_after_the_merge() -> None:
+    planned = plan(select(City).order_by(City.population.desc()).limit(10).offset(20))
+    assert "LIMIT %(param_1)s" in sql(planned) and "OFFSET" not in sql(planned)
+    assert planned.statement._limit == 30
+    assert isinstance(planned.combiner, MergeSort)
+    assert planned.steps == (Limit(10, 20),)
+    # the entity's sort key is read from a hidden column, stripped from the result
+    assert planned.visible == 1 and planned.single_entity
+    assert "AS _shardalchemy_sort_0" in sql(planned)
+
+
+def test_limit_given_at_execute_time_is_read_from_the_parameters() -> None:
+    statement = select(City.id).order_by(City.id).limit(bindparam("n")).offset(bindparam("m"))
+    planned = plan(statement, n=5, m=2)
+    assert planned.steps == (Limit(5, 2),)
+    assert planned.statement._limit == 7
+
+
+def test_null_ordering_follows_the_dialect_unless_it_is_explicit() -> None:
+    ascending = select(City.id).order_by(City.population)
+    ((low,),) = [plan(ascending, SQLITE).combiner.keys]
+    ((high,),) = [plan(ascending, POSTGRESQL).combiner.keys]
+    assert low.nulls_first and not high.nulls_first  # SQLite: NULL is low; PostgreSQL: high
+    explicit = select(City.id).order_by(City.population.desc().nulls_last())
+    assert not plan(explicit, POSTGRESQL).combiner.keys[0].nulls_first
+
+
+def test_a_sort_key_in_the_select_list_is_not_selected_twice() -> None:
+    planned = plan(select(City.name, City.id).order_by(City.id.desc()))
+    assert planned.visible is None
+    assert planned.combiner.keys[0].index == 1
+
+
+def test_aggregates_are_decomposed_and_re_aggregated() -> None:
+    statement = (
+        select(City.name, func.count(), func.avg(City.population))
+        .group_by(City.name)
+        .having(func.sum(City.population) > 10)
+        .order_by(func.count().desc())
+        .limit(3)
+    )
+    planned = plan(statement, POSTGRESQL)
+    text = sql(planned)
+    assert "HAVING" not in text and "LIMIT" not in text and "ORDER BY" not in text
+    assert "sum(cities.population) AS _shardalchemy_sum" in text
+    assert "count(cities.population) AS _shardalchemy_count" in text
+    kinds = [type(step) for step in planned.steps]
+    assert kinds == [Aggregate, Filter, Sort, Limit]
+    assert planned.steps[2].top == 3
+    assert planned.visible == 3
+
+
+def test_count_distinct_is_pushed_down_as_a_group_key() -> None:
+    planned = plan(select(func.count(City.name.distinct())), POSTGRESQL)
+    assert "GROUP BY cities.name" in sql(planned)
+    (aggregate,) = planned.steps
+    assert aggregate.slots[0].kind == "count_distinct"
+
+
+def test_distinct_rows_are_made_distinct_again_after_the_merge() -> None:
+    planned = plan(select(City.name).distinct().order_by(City.name))
+    assert [type(step) for step in planned.steps] == [Distinct]
+
+
+def test_union_is_distinct_again_and_union_all_is_not() -> None:
+    first, second = select(City.id), select(Report.city_id)
+    assert [type(s) for s in plan(union(first, second)).steps] == [Distinct]
+    assert plan(union_all(first, second).order_by("id")).steps == ()
+
+
+def test_a_plain_scatter_concatenates() -> None:
+    planned = plan(select(City).where(City.population > 3))
+    assert isinstance(planned.combiner, Concatenate) and not planned.merges
+
+
+def test_a_correlated_count_of_co_located_rows_runs_per_shard() -> None:
+    reports = select(func.count(Report.id)).where(Report.city_id == City.id).scalar_subquery()
+    planned = plan(select(City.name, reports).order_by(City.name))
+    assert isinstance(planned.combiner, MergeSort)
+
+
+@pytest.mark.parametrize(
+    ("statement", "construct"),
+    [
+        (select(func.row_number().over(order_by=City.id)), "window function"),
+        (select(func.string_agg(City.name, ",")), "aggregate string_agg()"),
+        (select(func.count() + 1).select_from(City), "the expression"),
+        (select(City, func.count()).group_by(City.id), "an ORM entity"),
+        (select(City).with_for_update(), "FOR UPDATE"),
+        (intersect(select(City.id), select(Report.city_id)), "INTERSECT"),
+        (except_(select(City.id), select(Report.city_id)), "EXCEPT"),
+        (select(City.id).join(Visit, Visit.city_id == City.id), "visits"),
+        (
+            select(City).where(
+                City.population == select(func.max(City.population)).scalar_subquery()
+            ),
+            "a subquery with an aggregate",
+        ),
+        (select(City.id).where(City.id.in_(select(City.id).limit(3))), "LIMIT/OFFSET"),
+        (select(City.name, func.count()), "outside an aggregate"),
+        (select(func.count()).select_from(City).having(func.count() / 2 > 1), "HAVING"),
+        (select(City.id).distinct(City.name), "DISTINCT ON"),
+        (select(City.id).order_by(City.id).limit(literal_column("3")), "LIMIT"),
+    ],
+)
+def test_what_cannot_be_answered_exactly_is_refused(statement: Any, construct: str) -> None:
+    with pytest.raises(CrossShardQueryError) as caught:
+        plan(statement, POSTGRESQL)
+    assert construct in caught.value.construct
+    assert "cross_shard='concatenate'" in str(caught.value)
+
+
+def test_text_keys_need_a_collation_python_can_reproduce() -> None:
+    by_name = select(City.id).order_by(City.name)
+    with pytest.raises(CrossShardQueryError, match="utf8mb4_general_ci"):
+        plan(by_name, MARIADB)
+    plan(by_name, POSTGRESQL)  # C.UTF-8: code-point order
+    plan(select(City.id).order_by(City.name.collate("utf8mb4_bin")), MARIADB)
+    plan(select(City.id).order_by(City.code), MARIADB)  # a binary column collation
+    with pytest.raises(CrossShardQueryError, match="GROUP BY"):
+        plan(select(City.name, func.count()).group_by(City.name), MARIADB)
+    with pytest.raises(CrossShardQueryError):
+        plan(by_name, DatabaseFacts("postgresql", nulls_high=True, default_collation="en_US.UTF-8"))
+
+
+@pytest.mark.parametrize(
+    ("facts", "collation", "binary"),
+    [
+        (SQLITE, None, True),
+        (SQLITE, "NOCASE", False),
+        (POSTGRESQL, None, True),
+        (POSTGRESQL, "C", True),
+        (POSTGRESQL, "de_DE", False),
+        (MARIADB, None, False),
+        (MARIADB, "utf8mb4_bin", True),
+        (MARIADB, "utf8mb4_nopad_bin", True),
+        (MARIADB, "utf8mb4_unicode_ci", False),
+    ],
+)
+def test_which_collations_merge(facts: DatabaseFacts, collation: str | None, binary: bool) -> None:
+    assert (facts.text_transform(collation) is not None) is binary
+
+
+def test_the_plan_prints_as_an_operator_tree() -> None:
+    statement = select(City.name, func.count()).group_by(City.name).order_by(City.name).limit(2)
+    lines = str(plan(statement)).splitlines()
+    assert lines[0] == "Limit 2 offset 0"
+    assert lines[1].startswith("└── Sort cities.name ASC NULLS FIRST")
+    assert lines[2].strip().startswith("└── Aggregate count(*) GROUP BY cities.name")
+    assert lines[-1].strip().startswith("└── each shard: SELECT cities.name, count(*)")
