@@ -23,6 +23,7 @@ import dataclasses
 import decimal
 import heapq
 import itertools
+import operator
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -202,11 +203,10 @@ class Aggregate:
 
     def apply(self, rows: Iterable[Row]) -> Iterator[Row]:
         groups: dict[Any, _Group] = {}
-        group = self.group
-        transforms = self.group_transforms or tuple(_identity for _ in group)
         slots = self.slots
+        key_of = self._key_function()
         for row in rows:
-            key = tuple([transform(row[i]) for i, transform in zip(group, transforms, strict=True)])
+            key = key_of(row)
             state = groups.get(key)
             if state is None:
                 groups[key] = _Group(row, [_start(slot, row) for slot in slots])
@@ -228,6 +228,17 @@ class Aggregate:
             for slot, value in zip(slots, state.states, strict=True):
                 out[slot.index] = _finish(slot, value)
             yield tuple(out)
+
+    def _key_function(self) -> Callable[[Row], Any]:
+        group = self.group
+        transforms = self.group_transforms or tuple(_identity for _ in group)
+        if not group:
+            return lambda row: ()
+        if all(transform is _identity for transform in transforms):
+            # the common case, at C speed: a value (one key) or a tuple of values
+            return operator.itemgetter(*group)
+        pairs = list(zip(group, transforms, strict=True))
+        return lambda row: tuple([transform(row[i]) for i, transform in pairs])
 
     def describe(self) -> str:
         parts = [slot.label or f"{slot.kind}(#{slot.index})" for slot in self.slots]

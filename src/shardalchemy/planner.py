@@ -78,6 +78,7 @@ from .merge import (
     SortKey,
     Step,
     Transform,
+    _identity,
     pad_space,
     run,
 )
@@ -163,8 +164,7 @@ class DatabaseFacts:
         return None
 
 
-def _same(value: Any) -> Any:
-    return value
+_same = _identity  # comparison form of values that compare as they are
 
 
 @dataclasses.dataclass(frozen=True)
@@ -648,8 +648,9 @@ class _Aggregates:
             slot = AggregateSlot(f"{name}_distinct", index, (value_index, index), transform, label)
         elif name == "avg":
             (argument,) = arguments
-            total = builder.hidden_index(_compat.function("sum", argument), "sum")
-            count = builder.hidden_index(_compat.function("count", argument), "count")
+            # the user's own SUM(x) / COUNT(x) serve as the partials when selected
+            total = builder.index_of(_compat.function("sum", argument), "sum")
+            count = builder.index_of(_compat.function("count", argument), "count")
             slot = AggregateSlot("avg", index, (total, count, index), label=label)
         elif name in ("min", "max"):
             (argument,) = arguments
