@@ -23,7 +23,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from shardalchemy import CrossShardQueryError, FollowParent, Hash, ShardKey
 from shardalchemy.merge import Aggregate, Concatenate, Distinct, Filter, Limit, MergeSort, Sort
 from shardalchemy.models import RuleBook
-from shardalchemy.planner import DatabaseFacts, Plan, plan_select
+from shardalchemy.planner import WEIGHT, DatabaseFacts, Plan, plan_select
 
 SHARDS = ("s0", "s1")
 SQLITE = DatabaseFacts("sqlite", nulls_high=False)
@@ -189,33 +189,53 @@ def test_what_cannot_be_answered_exactly_is_refused(statement: Any, construct: s
 
 def test_text_keys_need_a_collation_python_can_reproduce() -> None:
     by_name = select(City.id).order_by(City.name)
-    with pytest.raises(CrossShardQueryError, match="utf8mb4_general_ci"):
-        plan(by_name, MARIADB)
     plan(by_name, POSTGRESQL)  # C.UTF-8: code-point order
-    plan(select(City.id).order_by(City.name.collate("utf8mb4_bin")), MARIADB)
-    plan(select(City.id).order_by(City.code), MARIADB)  # a binary column collation
-    with pytest.raises(CrossShardQueryError, match="GROUP BY"):
-        plan(select(City.name, func.count()).group_by(City.name), MARIADB)
-    with pytest.raises(CrossShardQueryError):
+    with pytest.raises(CrossShardQueryError, match=r"en_US\.UTF-8"):
         plan(by_name, DatabaseFacts("postgresql", nulls_high=True, default_collation="en_US.UTF-8"))
+    with pytest.raises(CrossShardQueryError, match="NOCASE"):
+        plan(select(City.id).order_by(City.name.collate("NOCASE")), SQLITE)
+    # binary collations compare in Python, by code point (PAD SPACE: trailing blanks ignored)
+    for binary in (City.name.collate("utf8mb4_bin"), City.code):
+        assert "weight_string" not in sql(plan(select(City.id).order_by(binary), MARIADB))
+
+
+def test_mariadb_text_under_other_collations_is_compared_by_its_weight_string() -> None:
+    planned = plan(select(City.id).order_by(City.name.desc()).limit(2), MARIADB)
+    # the collation's own sort key, padded as PAD SPACE compares: 'a' = 'a '
+    assert "ORDER BY cities.name DESC" in sql(planned)  # each shard sorts as it always does
+    assert "weight_string(rpad(cities.name, " in sql(planned)
+    key = planned.combiner.keys[0]
+    assert "weight_string" in str(planned.statement.selected_columns[key.index])
+    assert planned.visible == 1
+    grouped = plan(select(City.name, func.count()).group_by(City.name), MARIADB)
+    (aggregate,) = grouped.steps
+    assert aggregate.group == (2,)  # grouped by the weight, shown as the first row's name
+    highest = plan(select(func.max(City.name)), MARIADB)
+    assert highest.steps[0].slots[0].sources == (0, 1)
+    with pytest.raises(CrossShardQueryError, match="no declared length"):
+        plan(select(City.id).order_by(literal_column("name")), MARIADB)
 
 
 @pytest.mark.parametrize(
-    ("facts", "collation", "binary"),
+    ("facts", "collation", "outcome"),
     [
-        (SQLITE, None, True),
-        (SQLITE, "NOCASE", False),
-        (POSTGRESQL, None, True),
-        (POSTGRESQL, "C", True),
-        (POSTGRESQL, "de_DE", False),
-        (MARIADB, None, False),
-        (MARIADB, "utf8mb4_bin", True),
-        (MARIADB, "utf8mb4_nopad_bin", True),
-        (MARIADB, "utf8mb4_unicode_ci", False),
+        (SQLITE, None, "python"),
+        (SQLITE, "NOCASE", "refused"),
+        (POSTGRESQL, None, "python"),
+        (POSTGRESQL, "C", "python"),
+        (POSTGRESQL, "de_DE", "refused"),
+        (MARIADB, None, "weight_string"),
+        (MARIADB, "utf8mb4_bin", "python"),
+        (MARIADB, "utf8mb4_nopad_bin", "python"),
+        (MARIADB, "utf8mb4_unicode_ci", "weight_string"),
     ],
 )
-def test_which_collations_merge(facts: DatabaseFacts, collation: str | None, binary: bool) -> None:
-    assert (facts.text_transform(collation) is not None) is binary
+def test_how_each_collation_is_compared(
+    facts: DatabaseFacts, collation: str | None, outcome: str
+) -> None:
+    transform = facts.text_transform(collation)
+    got = "refused" if transform is None else "weight_string" if transform is WEIGHT else "python"
+    assert got == outcome
 
 
 def test_the_plan_prints_as_an_operator_tree() -> None:

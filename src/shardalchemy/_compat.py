@@ -363,11 +363,11 @@ def is_distinct(argument: Any) -> bool:
     return isinstance(argument, UnaryExpression) and argument.operator is operators.distinct_op
 
 
-def function(name: str, argument: Any) -> Any:
-    """``func.<name>(argument)``."""
+def function(name: str, *arguments: Any) -> Any:
+    """``func.<name>(*arguments)``."""
     from sqlalchemy import func
 
-    return getattr(func, name)(argument)
+    return getattr(func, name)(*arguments)
 
 
 # -- merged results (shardalchemy.session) ---------------------------------------------

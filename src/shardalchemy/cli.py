@@ -97,6 +97,10 @@ def _render_step(console: Console, number: int, step: demo.Step) -> None:
         if route.explanation is not None:
             console.print(Text(f"  explain {route.statement}:", style="bold"))
             console.print(Padding(_tree(route.explanation), (0, 0, 0, 4)))
+        if route.plan is not None:
+            console.print(Text(f"  plan of {route.statement} (merged in Python):", style="bold"))
+            plan = Text(str(route.plan), no_wrap=True, overflow="ellipsis")
+            console.print(Padding(plan, (0, 0, 0, 4)))
     if step.sql_counts:
         sent = ", ".join(f"{shard} x{count}" for shard, count in step.sql_counts.items())
         console.print(Text(f"  SQL sent: {sent}", style="dim"))

@@ -339,4 +339,47 @@ def run(shard_map: ShardMap, *, on_step: Callable[[Step], None] | None = None) -
             inserts,
         )
         finish(step)
+
+        step = Step("Across every shard: ORDER BY ... LIMIT and aggregates, merged")
+        log.clear()
+        with session.recording_routes() as routes:
+            hottest = (
+                select(Report).order_by(Report.temperature.desc(), Report.location_id).limit(3)
+            )
+            totals = select(
+                func.count(),
+                func.avg(Report.temperature),
+                func.min(Report.temperature),
+                func.max(Report.temperature),
+            ).select_from(Report)
+            step.explanations += [session.explain(hottest), session.explain(totals)]
+            top = [(r.location_id, r.temperature) for r in session.scalars(hottest)]
+            count, average, low, high = session.execute(totals).one()
+        step.touches = _touches(routes)
+        step.sql_counts = dict(log.counts())
+        first_ids = sorted(city.id for city in cities.values())[:3]
+        step.check(
+            "the 3 hottest reports of all shards (80.0, ties by city id)",
+            top == [(location, 80.0) for location in first_ids],
+            top,
+        )
+        reports = [80.0] * len(cities) + [60.0 + hour for hour in range(4)] * len(cities)
+        step.check(
+            f"count(*) = {len(reports)} over all shards, not one row per shard",
+            count == len(reports),
+            count,
+        )
+        step.check(
+            "avg, min and max as one database holding every report would give them",
+            abs(float(average) - sum(reports) / len(reports)) < 1e-9
+            and (low, high) == (min(reports), max(reports)),
+            (average, low, high),
+        )
+        limited = [entry.shard for entry in log.entries if "LIMIT" in entry.sql.upper()]
+        step.check(
+            "every shard was asked for its first 3 rows only",
+            sorted(limited) == sorted(shard_map.shard_names),
+            limited,
+        )
+        finish(step)
     return steps

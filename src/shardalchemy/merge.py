@@ -160,7 +160,8 @@ class AggregateSlot:
     """How one aggregate's final value is made from the shards' partial values.
 
     ``kind`` is ``count`` / ``sum`` / ``min`` / ``max`` (``sources`` = the
-    partial's position), ``avg`` (``sources`` = positions of the partial SUM,
+    partial's position, and for ``min``/``max`` of text compared by the
+    database's sort key, that key's position), ``avg`` (``sources`` = positions of the partial SUM,
     COUNT and the shard's own AVG, whose type the result takes), or
     ``count_distinct`` / ``sum_distinct`` / ``avg_distinct`` (``sources`` = the
     position of the distinct value, pushed down as a group key, and for
@@ -227,6 +228,8 @@ class Aggregate:
             out = list(state.row)
             for slot, value in zip(slots, state.states, strict=True):
                 out[slot.index] = _finish(slot, value)
+                if slot.kind in ("min", "max") and len(slot.sources) == 2:
+                    out[slot.sources[1]] = value[1]  # the winner's sort key, for ORDER BY
             yield tuple(out)
 
     def _key_function(self) -> Callable[[Row], Any]:
@@ -242,12 +245,15 @@ class Aggregate:
 
     def describe(self) -> str:
         parts = [slot.label or f"{slot.kind}(#{slot.index})" for slot in self.slots]
-        keys = ", ".join(self.group_labels) if self.group else "(no GROUP BY: one row)"
-        return f"Aggregate {', '.join(parts)} GROUP BY {keys}"
+        if not self.group:
+            return f"Aggregate {', '.join(parts)} (no GROUP BY: one row)"
+        return f"Aggregate {', '.join(parts)} GROUP BY {', '.join(self.group_labels)}"
 
 
 def _start(slot: AggregateSlot, row: Row) -> Any:
     kind = slot.kind
+    if kind in ("min", "max") and len(slot.sources) == 2:
+        return [row[slot.sources[0]], row[slot.sources[1]]]
     if kind in ("count", "sum", "min", "max"):
         return row[slot.sources[0]]
     if kind == "avg":
@@ -275,6 +281,13 @@ def _step(slot: AggregateSlot, state: Any, row: Row) -> Any:
         return state + row[slot.sources[0]]
     if kind == "sum":
         return _add(state, row[slot.sources[0]])
+    if kind in ("min", "max") and len(slot.sources) == 2:
+        # compared by the database's sort key of the value (its WEIGHT_STRING)
+        value, key = row[slot.sources[0]], row[slot.sources[1]]
+        better = key is not None and (
+            state[1] is None or (key < state[1] if kind == "min" else state[1] < key)
+        )
+        return [value, key] if better else state
     if kind in ("min", "max"):
         value = row[slot.sources[0]]
         if value is None:
@@ -328,6 +341,8 @@ def _divide(total: Any, count: int, like: Any) -> Any:
 
 def _finish(slot: AggregateSlot, state: Any) -> Any:
     kind = slot.kind
+    if kind in ("min", "max") and len(slot.sources) == 2:
+        return state[0]
     if kind in ("count", "sum", "min", "max"):
         return state
     if kind == "avg":

@@ -41,7 +41,7 @@ import operator
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import CompoundSelect, Select
+from sqlalchemy import CompoundSelect, Select, literal
 from sqlalchemy.sql import operators, sqltypes, visitors
 from sqlalchemy.sql.elements import (
     BinaryExpression,
@@ -158,13 +158,22 @@ class DatabaseFacts:
                 return _same
             if name is not None and name.endswith("_bin"):
                 return pad_space  # binary order, but trailing spaces do not count
-            return None
+            return WEIGHT
+            # any other collation: compared by the database's own WEIGHT_STRING()
         if name in _BINARY_COLLATIONS.get(family, ()):
             return _same
         return None
 
 
 _same = _identity  # comparison form of values that compare as they are
+
+
+def _by_weight_string(value: Any) -> Any:
+    """Marks text the database must turn into sort keys itself (MariaDB's WEIGHT_STRING)."""
+    raise AssertionError("a marker, compared by identity and never applied")
+
+
+WEIGHT: Transform = _by_weight_string
 
 
 @dataclasses.dataclass(frozen=True)
@@ -278,8 +287,20 @@ def _same_expression(left: Any, right: Any) -> bool:
     return bool(_compat.plain(_strip(left)).compare(_compat.plain(_strip(right))))
 
 
-def _text_like(element: Any) -> bool:
+def _type_of(element: Any) -> Any:
+    """The SQL type of an expression; an aggregate without one takes its argument's."""
+    element = _strip(element)
     type_ = getattr(element, "type", None)
+    if isinstance(type_, sqltypes.NullType) and _function_name(element) in _MERGEABLE:
+        arguments = _arguments(element)
+        if len(arguments) == 1:
+            argument = arguments[0]
+            return _type_of(argument.element if _compat.is_distinct(argument) else argument)
+    return type_
+
+
+def _text_like(element: Any) -> bool:
+    type_ = _type_of(element)
     return type_ is None or isinstance(type_, sqltypes.String | sqltypes.NullType)
 
 
@@ -347,14 +368,15 @@ class _Builder:
 
     def transform(self, expression: Any, what: str) -> Transform:
         """How values of ``expression`` compare in the database; refuses what cannot be told."""
-        if isinstance(getattr(expression, "type", None), sqltypes.Enum) and (
-            self.facts.dialect != "sqlite" and getattr(expression.type, "native_enum", False)
+        type_ = _type_of(expression)
+        if isinstance(type_, sqltypes.Enum) and (
+            self.facts.dialect != "sqlite" and getattr(type_, "native_enum", False)
         ):
             raise refuse(
                 f"{what} {_short(expression)}",
                 "a native ENUM orders by its declaration order, not by its labels",
             )
-        if isinstance(getattr(expression, "type", None), sqltypes.JSON):
+        if isinstance(type_, sqltypes.JSON):
             raise refuse(f"{what} {_short(expression)}", "JSON values have no portable order")
         if not _text_like(expression):
             return _same
@@ -370,6 +392,29 @@ class _Builder:
             )
         return transform
 
+    def comparison(self, index: int, what: str) -> tuple[int, Transform]:
+        """Where to read the comparison form of the column at ``index``, and how to apply it.
+
+        Usually the column itself with a transform; for text under a collation
+        Python cannot reproduce, on MariaDB, a hidden ``WEIGHT_STRING()`` column:
+        the collation's own sort key, as bytes (Vitess compares the same way).
+        """
+        expression = _strip(self.expression_at(index))
+        transform = self.transform(expression, what)
+        if transform is not WEIGHT:
+            return index, transform
+        length = getattr(_type_of(expression), "length", None)
+        if not length:
+            raise refuse(
+                f"{what} {_short(expression)}",
+                "text of no declared length under a collation that is not binary; give the "
+                "column a length (String(n)) or a binary collation",
+            )
+        # padded to its length, as the collation compares (PAD SPACE): 'a' = 'a '
+        padded = _compat.function("rpad", expression, length, literal(" "))
+        weight = _compat.function("weight_string", padded)
+        return self.hidden_index(weight, "weight"), _same
+
     def sort_keys(self, clauses: Sequence[Any], resolve: Callable[[Any], int]) -> list[SortKey]:
         keys = []
         for clause in clauses:
@@ -377,11 +422,9 @@ class _Builder:
             if nulls_first is None:
                 nulls_first = descending if self.facts.nulls_high else not descending
             index = resolve(expression)
-            shown = self.expression_at(index)
-            if isinstance(shown, ColumnElement):
-                transform = self.transform(_compat.unwrap_label_reference(expression), "ORDER BY")
-            else:
+            if not isinstance(self.expression_at(index), ColumnElement):
                 raise refuse(f"ORDER BY {_short(expression)}", "it does not name a column")
+            index, transform = self.comparison(index, "ORDER BY")
             keys.append(SortKey(index, descending, nulls_first, transform, _short(expression)))
         return keys
 
@@ -607,13 +650,15 @@ def _plan_rows(builder: _Builder) -> Plan:
 
 
 def _distinct(builder: _Builder) -> Distinct:
-    transforms = []
-    for column in builder.visible:
+    indices, transforms = [], []
+    for index, column in enumerate(list(builder.visible)):
         if isinstance(column, ColumnElement):
-            transforms.append(builder.transform(column, "DISTINCT"))
+            index, transform = builder.comparison(index, "DISTINCT")
         else:
-            transforms.append(_same)  # an ORM entity: one object per row identity
-    return Distinct(tuple(range(len(builder.visible))), tuple(transforms))
+            transform = _same  # an ORM entity: one object per row identity
+        indices.append(index)
+        transforms.append(transform)
+    return Distinct(tuple(indices), tuple(transforms))
 
 
 class _Aggregates:
@@ -644,7 +689,7 @@ class _Aggregates:
         if distinct_value is not None and name in ("count", "sum", "avg"):
             value_index = builder.hidden_index(distinct_value, "distinct")
             self.extra_group_by.append(distinct_value)
-            transform = builder.transform(distinct_value, f"{name}(DISTINCT)")
+            value_index, transform = builder.comparison(value_index, f"{name}(DISTINCT)")
             slot = AggregateSlot(f"{name}_distinct", index, (value_index, index), transform, label)
         elif name == "avg":
             (argument,) = arguments
@@ -653,9 +698,9 @@ class _Aggregates:
             count = builder.index_of(_compat.function("count", argument), "count")
             slot = AggregateSlot("avg", index, (total, count, index), label=label)
         elif name in ("min", "max"):
-            (argument,) = arguments
-            transform = builder.transform(_strip(argument), f"{name}()")
-            slot = AggregateSlot(name, index, (index,), transform, label)
+            compared, transform = builder.comparison(index, f"{name}()")
+            sources = (index,) if compared == index else (index, compared)
+            slot = AggregateSlot(name, index, sources, transform, label)
         else:
             slot = AggregateSlot(name, index, (index,), label=label)
         self.expressions.append(function)
@@ -673,7 +718,7 @@ def _plan_aggregate(builder: _Builder, having: Any) -> Plan:
         )
     aggregates = _Aggregates(builder)
     group_by = list(_compat.group_by(statement))
-    group_indices = [builder.index_of(expression, "group") for expression in group_by]
+    group_columns = [builder.index_of(expression, "group") for expression in group_by]
     for index, column in enumerate(builder.visible):
         inner = _strip(column)
         if _is_aggregate(inner):
@@ -704,9 +749,9 @@ def _plan_aggregate(builder: _Builder, having: Any) -> Plan:
         return builder.index_of(expression, "sort")
 
     keys = builder.sort_keys(_compat.order_by(statement), resolve)
-    group_transforms = tuple(
-        builder.transform(builder.expression_at(index), "GROUP BY") for index in group_indices
-    )
+    comparisons = [builder.comparison(index, "GROUP BY") for index in group_columns]
+    group_indices = [index for index, _ in comparisons]
+    group_transforms = tuple(transform for _, transform in comparisons)
     steps: list[Step] = [
         Aggregate(
             tuple(group_indices),
