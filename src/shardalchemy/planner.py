@@ -579,6 +579,50 @@ def _conjuncts(clause: Any) -> Iterator[Any]:
 # -- planning ---------------------------------------------------------------------------
 
 
+class Planner:
+    """Plans multi-shard SELECTs for one set of sharding rules.
+
+    What the checks for unanswerable constructs find depends only on a
+    statement's shape, so it is remembered per SQLAlchemy cache key (at most
+    ``cache_size`` shapes); the plan itself is made per execution, from that
+    execution's statement and values (a LIMIT, say, is a bound value that
+    can differ between two executions of one shape).  Thread-safe.
+
+    Example::
+
+        planner = Planner(rules)
+        plan = planner.plan(select(City).order_by(City.name).limit(5), facts)
+    """
+
+    def __init__(self, rules: RuleBook | None, cache_size: int = 500) -> None:
+        self.rules = rules
+        self._checked: dict[Any, CrossShardQueryError | None] = {}
+        self._cache_size = cache_size
+
+    def plan(
+        self, statement: Any, facts: DatabaseFacts, parameters: Mapping[str, Any] | None = None
+    ) -> Plan:
+        """The plan of ``statement``; raises CrossShardQueryError if no plan is exact."""
+        generate = getattr(statement, "_generate_cache_key", None)
+        cache_key = generate() if generate is not None else None
+        if cache_key is None:
+            return plan_select(statement, facts, self.rules, parameters)
+        if cache_key.key in self._checked:
+            refusal = self._checked[cache_key.key]
+        else:
+            try:
+                _check_constructs(statement, self.rules)
+                refusal = None
+            except CrossShardQueryError as error:
+                refusal = error
+            if len(self._checked) >= self._cache_size:
+                self._checked.clear()  # shapes are few in practice; start over
+            self._checked[cache_key.key] = refusal
+        if refusal is not None:  # a new exception each time: tracebacks do not pile up
+            raise CrossShardQueryError(str(refusal), construct=refusal.construct)
+        return _plan_checked(statement, facts, parameters or {})
+
+
 def plan_select(
     statement: Any,
     facts: DatabaseFacts,
@@ -591,8 +635,11 @@ def plan_select(
     HAVING values given at execute time).  Raises
     :class:`~shardalchemy.CrossShardQueryError` for what it cannot answer.
     """
-    parameters = parameters or {}
     _check_constructs(statement, rules)
+    return _plan_checked(statement, facts, parameters or {})
+
+
+def _plan_checked(statement: Any, facts: DatabaseFacts, parameters: Mapping[str, Any]) -> Plan:
     if isinstance(statement, CompoundSelect):
         return _plan_compound(statement, facts, parameters)
     if not isinstance(statement, Select):

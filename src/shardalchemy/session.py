@@ -473,7 +473,8 @@ class ShardedSession(horizontal_shard.ShardedSession):
             facts = executor.dialect_facts(self.get_bind(shard_id=shards[0]))
         if not isinstance(parameters, Mapping):
             parameters = {}
-        return planner.plan_select(statement, facts, self.rules, parameters)
+        chosen = self.shard_map.planner if self.shard_map is not None else _DROP_IN_PLANNER
+        return chosen.plan(statement, facts, parameters)
 
     # -- route records -------------------------------------------------------
     @contextlib.contextmanager
@@ -1015,6 +1016,8 @@ def _routed_shard(session: ShardedSession, orm_context: ORMExecuteState) -> Any:
     return session.shard_map.router.single_shard(orm_context.statement, orm_context.parameters)
 
 
+# drop-in mode has no sharding rules: no co-location to check, the rest as usual
+_DROP_IN_PLANNER = planner.Planner(None)
 # SQLAlchemy's own (semi-private) Session._execute_internal, which ours wraps
 _SESSION_EXECUTE = horizontal_shard.ShardedSession._execute_internal
 # execution options that do not change where a SELECT goes or how its hook would

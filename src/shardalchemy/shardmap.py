@@ -47,6 +47,7 @@ from . import _naming
 from .errors import ShardMapError, UnknownShardError
 from .inspection import SHARD_OPTION
 from .models import RuleBook
+from .planner import Planner
 from .router import Router
 
 if TYPE_CHECKING:
@@ -110,6 +111,7 @@ class ShardMap:
         self.rules = RuleBook(self.shard_names)
         """The resolved sharding rules of models and tables, checked against this map."""
         self.router = Router(self.rules, self.shard_names)
+        self.planner = Planner(self.rules)
         """Routes statements over this map's shards (pure; caches per statement shape)."""
 
     # -- construction ----------------------------------------------------
