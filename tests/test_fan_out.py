@@ -55,6 +55,13 @@ class Item(Base):
     slow: Mapped[bool] = mapped_column(default=False)
 
 
+class Counter(Base):  # not sharded: one table in the tables placement, one per shard else
+    __tablename__ = "fan_out_counters"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    hits: Mapped[int]
+
+
 def rows() -> list[Item]:
     items = []
     for number, shard in enumerate(SHARDS):
@@ -372,3 +379,24 @@ def test_async_timeout_cancels_on_the_server_and_the_session_goes_on(
     assert error.shard == SLOW_SHARD
     assert count == 101
     assert running_sleeps(shard_map, backend) == 0
+
+
+def test_statements_on_no_sharded_table_run_on_one_shard(make_database: MakeDatabase) -> None:
+    # one copy of the table: four shards would return its rows four times, and
+    # apply an UPDATE four times
+    shard_map = ShardMap.tables(make_database("sqlite"), SHARDS)
+    shard_map.create_all(Base.metadata)
+    try:
+        with shard_map.sessionmaker()() as session:
+            session.add(Counter(id=1, hits=0))
+            session.commit()
+            bump = sa.update(Counter).values(hits=Counter.hits + 1)
+            assert session.execute(bump).rowcount == 1
+            assert session.scalars(select(Counter.hits)).all() == [1]
+            assert session.scalar(select(func.count()).select_from(Counter)) == 1
+            assert session.execute(select(sa.literal(7))).all() == [(7,)]
+            route = session.explain(select(Counter))
+            assert route.shards == (SHARDS[0],)
+            assert route.reason == "reads only tables that are not sharded: one shard answers"
+    finally:
+        shard_map.dispose()

@@ -48,6 +48,7 @@ from sqlalchemy.sql.elements import (
     BindParameter,
     BooleanClauseList,
     ClauseElement,
+    ClauseList,
     ColumnElement,
     False_,
     FunctionFilter,
@@ -240,10 +241,15 @@ def _short(element: Any) -> str:
 
 
 def _strip(element: Any) -> Any:
-    """``element`` without labels and parentheses."""
+    """``element`` without labels, parentheses and one-element lists.
+
+    (GROUP BY keeps a function as a list of one anonymous label of it.)
+    """
     while True:
         if isinstance(element, Label | Grouping):
             element = element.element
+        elif isinstance(element, ClauseList) and len(element.clauses) == 1:
+            element = element.clauses[0]
         else:
             return element
 
@@ -445,6 +451,10 @@ def _order_parts(clause: Any) -> tuple[Any, bool, bool | None]:
     nulls_first: bool | None = None
     element = clause
     while True:
+        unwrapped = _compat.unwrap_label_reference(element)
+        if unwrapped is not element:  # ORDER BY label.desc() wraps the whole DESC
+            element = unwrapped
+            continue
         if isinstance(element, UnaryExpression) and element.modifier is not None:
             modifier = element.modifier
             if modifier is operators.desc_op:

@@ -443,6 +443,7 @@ class _Plan:
     predicate: _Node | None  # None: nothing prunes, ``why`` says why
     why: str
     cacheable: bool = True  # False when a compared bind is not in the cache key
+    first_shard_only: bool = False  # the answer is the same on every shard
     # (binds, parameters) -> the one shard, or None: see _single_shard_function
     single: _SingleShard | None = dataclasses.field(
         init=False, default=None, compare=False, repr=False
@@ -828,8 +829,18 @@ class Router:
     Thread-safe; the analysis cache is bounded (``cache_size`` shapes).
     """
 
-    def __init__(self, rules: RuleBook, shard_names: Sequence[Any], cache_size: int = 500) -> None:
+    def __init__(
+        self,
+        rules: RuleBook,
+        shard_names: Sequence[Any],
+        cache_size: int = 500,
+        *,
+        unsharded_tables_once: bool = False,
+    ) -> None:
         self.rules = rules
+        # the tables placement keeps one copy of every table that is not sharded:
+        # a statement reading only those is answered by any one shard
+        self.unsharded_tables_once = unsharded_tables_once
         self.shard_names = tuple(shard_names)
         self._order = {name: index for index, name in enumerate(self.shard_names)}
         self._cache: dict[Any, _Plan] = {}
@@ -934,7 +945,12 @@ class Router:
             return _Plan(plan.predicate, why, plan.cacheable)
         if not isinstance(statement, Select | Update | Delete | CompoundSelect):
             return _Plan(None, f"{kind} cannot be analysed")
-        groups = _groups(_tables_of(statement), self.rules)
+        tables = _tables_of(statement)
+        groups = _groups(tables, self.rules)
+        if not groups and (not tables or self.unsharded_tables_once):
+            # every shard would give the same answer (or, writing, apply it again)
+            why = "reads no table" if not tables else "reads only tables that are not sharded"
+            return _Plan(None, f"{why}: one shard answers", first_shard_only=True)
         if len(groups) > 1:
             described = "; ".join(", ".join(names) for names in groups.values())
             return _Plan(
@@ -977,6 +993,9 @@ class Router:
         explain: bool,
     ) -> Route:
         every = self.shard_names
+        if plan.first_shard_only:
+            tree = Explanation(plan.why, frozenset(every[:1])) if explain else None
+            return Route(every[:1], plan.why, explanation=tree)
         if plan.predicate is None:
             why = plan.why
             tree = Explanation(why, None) if explain else None

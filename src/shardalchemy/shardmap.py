@@ -110,9 +110,12 @@ class ShardMap:
         self._lock = threading.RLock()
         self.rules = RuleBook(self.shard_names)
         """The resolved sharding rules of models and tables, checked against this map."""
-        self.router = Router(self.rules, self.shard_names)
-        self.planner = Planner(self.rules)
+        self.router = Router(
+            self.rules, self.shard_names, unsharded_tables_once=self.placement == "tables"
+        )
         """Routes statements over this map's shards (pure; caches per statement shape)."""
+        self.planner = Planner(self.rules)
+        """Plans statements that run on several shards (pure; see shardalchemy.planner)."""
 
     # -- construction ----------------------------------------------------
     @staticmethod
