@@ -33,7 +33,9 @@ def test_demo_scenario_passes_every_check(placement: str, backend: str, make_dat
         shard_map.dispose()
     failed = [(s.title, c.description, c.detail) for s in steps for c in s.checks if not c.passed]
     assert failed == []
-    assert sum(len(step.checks) for step in steps) == 16
+    assert sum(len(step.checks) for step in steps) == 20
+    merged = steps[-1]  # ORDER BY ... LIMIT and aggregates over every shard, merged
+    assert [len(touch.shards) for touch in merged.touches] == [len(demo.SHARDS)]
     # every step that ran statements says where they went and why
     saved = steps[1]
     assert {shard for touch in saved.touches for shard in touch.shards} == set(demo.SHARDS)
@@ -51,7 +53,7 @@ def test_demo_command_prints_routes_and_exits_zero(
     assert "placement tables" in out
     assert "set_shard_id('north_america')" in out
     assert "WeatherLocation.reports loads rows of the parent's shard asia" in out
-    assert "all 16 checks passed" in out
+    assert "all 20 checks passed" in out
     assert "FAIL" not in out
 
 
@@ -60,7 +62,7 @@ def test_installed_console_script_runs_the_demo() -> None:
     assert script.exists(), "install the project (pip install -e .) to get the console script"
     done = subprocess.run([str(script), "demo"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    assert "all 16 checks passed" in done.stdout
+    assert "all 20 checks passed" in done.stdout
 
 
 def test_demo_exits_nonzero_when_a_check_fails(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
@@ -73,7 +75,7 @@ def test_demo_exits_nonzero_when_a_check_fails(monkeypatch: pytest.MonkeyPatch, 
 
     monkeypatch.setattr(demo, "run", run_with_a_broken_check)
     assert cli.main(["demo"]) == 1
-    assert "1 of 17 checks failed" in capsys.readouterr().out
+    assert "1 of 21 checks failed" in capsys.readouterr().out
 
 
 def test_database_placement_url_must_name_each_shard(capsys: pytest.CaptureFixture[str]) -> None:

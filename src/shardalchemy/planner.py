@@ -206,8 +206,7 @@ class Plan:
     def lines(self) -> list[str]:
         operators_top_down = [step.describe() for step in reversed(self.steps)]
         operators_top_down.append(self.combiner.describe())
-        sql = " ".join(str(self.statement).split())
-        operators_top_down.append(f"each shard: {sql}")
+        operators_top_down.append(f"each shard: {_sql_text(self.statement)}")
         lines: list[str] = []
         for depth, text in enumerate(operators_top_down):
             lines.append(text if depth == 0 else "    " * (depth - 1) + "└── " + text)
@@ -215,6 +214,18 @@ class Plan:
 
     def __str__(self) -> str:
         return "\n".join(self.lines())
+
+
+def _sql_text(statement: Any) -> str:
+    """The SQL of ``statement`` on one line, with its values where they can be shown."""
+    try:
+        text = str(statement.compile(compile_kwargs={"literal_binds": True}))
+    except Exception:  # a value without a literal form: show the placeholders
+        try:
+            text = str(statement)
+        except Exception:  # an element that cannot compile without a dialect
+            text = type(statement).__name__
+    return " ".join(text.split())
 
 
 def refuse(construct: str, why: str) -> CrossShardQueryError:
@@ -229,11 +240,7 @@ def refuse(construct: str, why: str) -> CrossShardQueryError:
 
 
 def _short(element: Any) -> str:
-    try:
-        text = str(element)
-    except Exception:  # an element that cannot compile without a dialect
-        text = type(element).__name__
-    text = " ".join(text.split())
+    text = _sql_text(element) if isinstance(element, ClauseElement) else str(element)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
