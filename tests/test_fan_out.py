@@ -400,3 +400,35 @@ def test_statements_on_no_sharded_table_run_on_one_shard(make_database: MakeData
             assert route.reason == "reads only tables that are not sharded: one shard answers"
     finally:
         shard_map.dispose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_exists_is_true_when_any_shard_has_the_row(shard_map: ShardMap) -> None:
+    # only s2 holds the slow row: shard by shard, s0 would answer False first
+    with shard_map.sessionmaker()() as session:
+        assert session.scalar(select(sa.exists().where(Item.slow))) is True
+        assert session.execute(select(sa.exists().where(Item.value > 1000))).all() == [(False,)]
+        assert session.query(session.query(Item).filter(Item.slow).exists()).scalar() is True
+
+
+@pytest.mark.parametrize("backend", ["sqlite", *server_backends()], indirect=True)
+def test_entities_in_the_session_do_not_change_the_order(
+    shard_map: ShardMap, urls: dict[str, URL], backend: str
+) -> None:
+    # the shards sort by what they store; objects already in the session keep the
+    # values they were loaded with (SQLAlchemy does not overwrite them), and the merge
+    # must follow the shards, not those objects
+    statement = select(Item).order_by(Item.value.desc(), Item.id).limit(3)
+    with shard_map.sessionmaker(expire_on_commit=False)() as session:
+        loaded = session.scalars(select(Item)).all()  # every object, held in the session
+        session.commit()  # (the next transaction sees the change below)
+        plain = sa.create_engine(urls["s1"])
+        with plain.begin() as connection:
+            connection.execute(sa.update(Item).where(Item.id == 1003).values(value=500))
+        plain.dispose()
+        first = session.scalars(statement).first()
+        assert first is not None and first.id == 1003
+        assert first.value != 500  # its loaded value, as SQLAlchemy keeps it
+        refreshed = session.scalars(statement.execution_options(populate_existing=True))
+        assert next(iter(refreshed)).value == 500
+        assert len(loaded) == 101

@@ -11,6 +11,7 @@ import decimal
 import functools
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -210,3 +211,20 @@ def test_merge_sort_is_lazy() -> None:
     merged = run(MergeSort((SortKey(0),)), [Limit(3, 0)], [stream(0), stream(1)])
     assert list(merged) == [(0,), (1,), (2,)]
     assert len(pulled) < 10  # one row ahead per shard, not every row
+
+
+@pytest.mark.parametrize(
+    ("total", "count", "postgresql_says"),
+    [  # what PostgreSQL 15 answers for avg() of such values (numeric division's own scale)
+        (5, 3, "1.6666666666666667"),
+        (decimal.Decimal("100004.00"), 3, "33334.666666666667"),
+        (1, 3, "0.33333333333333333333"),
+        (123456789013, 2, "61728394506.50000000"),
+        (decimal.Decimal("0.003"), 2, "0.00150000000000000000"),
+    ],
+)
+def test_a_postgresql_average_has_postgresqls_scale(total: Any, count: int, postgresql_says: str):
+    slot = AggregateSlot("avg", 0, (1, 2, 0), division="postgresql")
+    row = (decimal.Decimal("1.0"), total, count)  # the shard's own AVG only lends its type
+    (merged,) = Aggregate((), (slot,), scalar=True).apply([row])
+    assert str(merged[0]) == postgresql_says

@@ -10,6 +10,7 @@ from sqlalchemy import (
     String,
     bindparam,
     except_,
+    exists,
     func,
     intersect,
     literal_column,
@@ -18,7 +19,7 @@ from sqlalchemy import (
     union_all,
 )
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, selectinload
 
 from shardalchemy import CrossShardQueryError, FollowParent, Hash, ShardKey
 from shardalchemy.merge import Aggregate, Concatenate, Distinct, Filter, Limit, MergeSort, Sort
@@ -81,9 +82,24 @@ def test_top_k_pushes_limit_plus_offset_down_and_offsets_after_the_merge() -> No
     assert planned.statement._limit == 30
     assert isinstance(planned.combiner, MergeSort)
     assert planned.steps == (Limit(10, 20),)
-    # the entity's sort key is read from a hidden column, stripped from the result
     assert planned.visible == 1 and planned.single_entity
-    assert "AS _shardalchemy_sort_0" in sql(planned)
+    # the entity's sort key is read from the rows its objects are loaded from, not
+    # selected twice; the fallback selects it as a hidden column, stripped from the result
+    assert "_shardalchemy" not in sql(planned)
+    assert planned.row_columns == (City.__table__.c.population,)
+    assert planned.combiner.keys[0].index == 1  # after the one (entity) result column
+    assert planned.fallback is not None
+    assert "AS _shardalchemy_sort_0" in sql(planned.fallback)
+
+
+def test_keys_of_loader_options_or_expressions_are_selected() -> None:
+    with_options = select(City).options(selectinload(City.reports)).order_by(City.name)
+    assert plan(with_options).row_columns == () and plan(with_options).fallback is None
+    expression = plan(select(City).order_by(City.population + 1, City.id))
+    assert expression.row_columns == (City.__table__.c.id,)
+    assert "population + %(population_1)s::INTEGER AS _shardalchemy_sort_0" in sql(expression)
+    # MariaDB's weight strings come from SQL
+    assert plan(select(City).order_by(City.name), MARIADB).row_columns == ()
 
 
 def test_limit_given_at_execute_time_is_read_from_the_parameters() -> None:
@@ -156,6 +172,14 @@ def test_a_correlated_count_of_co_located_rows_runs_per_shard() -> None:
     assert isinstance(planned.combiner, MergeSort)
 
 
+def test_select_exists_is_true_if_it_is_on_any_shard() -> None:
+    planned = plan(select(exists().where(City.population > 5)))
+    (aggregate,) = planned.steps
+    assert aggregate.slots[0].kind == "any"
+    rows = [(False,), (True,), (False,)]
+    assert list(planned.merge([iter([row]) for row in rows])) == [(True,)]
+
+
 @pytest.mark.parametrize(
     ("statement", "construct"),
     [
@@ -178,6 +202,7 @@ def test_a_correlated_count_of_co_located_rows_runs_per_shard() -> None:
         (select(func.count()).select_from(City).having(func.count() / 2 > 1), "HAVING"),
         (select(City.id).distinct(City.name), "DISTINCT ON"),
         (select(City.id).order_by(City.id).limit(literal_column("3")), "LIMIT"),
+        (select(select(City.id).where(City.id == 3).scalar_subquery()), "without FROM"),
     ],
 )
 def test_what_cannot_be_answered_exactly_is_refused(statement: Any, construct: str) -> None:

@@ -446,3 +446,51 @@ def is_cancellation(error: BaseException) -> bool:
     if arguments and arguments[0] == 1317:  # MariaDB/MySQL "Query execution was interrupted"
         return True
     return "interrupted" in str(original).lower()
+
+
+def rows_with_columns(result: Any, columns: tuple[Any, ...]) -> Iterator[tuple[Any, ...]] | None:
+    """An ORM result's rows as tuples, each followed by ``columns`` of the row it was loaded from.
+
+    The ORM builds each entity row from one row of the underlying
+    ``CursorResult`` (``result.raw``), which it fetches in batches through
+    ``_raw_all_tuples()`` (``_raw_all_rows()`` before SQLAlchemy 2.1) or
+    ``fetchmany()``: those methods are wrapped on this one result so each
+    batch is kept until its entity rows are read.  Returns ``None`` when the
+    rows cannot be paired (no cursor result, uniquing, an unknown column, a
+    result already fetched): the caller then selects the columns instead.
+    """
+    import collections
+
+    raw = getattr(result, "raw", None)
+    metadata = getattr(raw, "_metadata", None)
+    if raw is None or metadata is None or requires_unique(result) or raw.closed:
+        return None
+    try:
+        indices = [metadata._index_for_key(column, True) for column in columns]
+    except Exception:
+        return None
+    if any(not isinstance(index, int) for index in indices):
+        return None
+    pending: collections.deque[Any] = collections.deque()
+    wrapped = 0
+    for name in ("_raw_all_tuples", "_raw_all_rows", "fetchmany"):
+        fetch = getattr(raw, name, None)
+        if fetch is None:
+            continue
+
+        def keeping(*args: Any, _fetch: Any = fetch, **kw: Any) -> Any:
+            rows = _fetch(*args, **kw)
+            pending.extend(rows)
+            return rows
+
+        setattr(raw, name, keeping)
+        wrapped += 1
+    if not wrapped:
+        return None
+
+    def rows() -> Iterator[tuple[Any, ...]]:
+        for row in result:
+            source = pending.popleft()
+            yield (*row, *[source[index] for index in indices])
+
+    return rows()

@@ -159,7 +159,7 @@ class MergeSort:
 class AggregateSlot:
     """How one aggregate's final value is made from the shards' partial values.
 
-    ``kind`` is ``count`` / ``sum`` / ``min`` / ``max`` (``sources`` = the
+    ``kind`` is ``count`` / ``sum`` / ``min`` / ``max`` / ``any`` (``sources`` = the
     partial's position, and for ``min``/``max`` of text compared by the
     database's sort key, that key's position), ``avg`` (``sources`` = positions of the partial SUM,
     COUNT and the shard's own AVG, whose type the result takes), or
@@ -173,6 +173,9 @@ class AggregateSlot:
     sources: tuple[int, ...]
     transform: Transform = _identity
     label: str = ""
+    # how a decimal AVG is rounded: to the scale of the shards' own AVG ("like",
+    # MariaDB's fixed increment), or to the scale PostgreSQL's numeric division picks
+    division: str = "like"
 
 
 class _Group:
@@ -254,7 +257,7 @@ def _start(slot: AggregateSlot, row: Row) -> Any:
     kind = slot.kind
     if kind in ("min", "max") and len(slot.sources) == 2:
         return [row[slot.sources[0]], row[slot.sources[1]]]
-    if kind in ("count", "sum", "min", "max"):
+    if kind in ("count", "sum", "min", "max", "any"):
         return row[slot.sources[0]]
     if kind == "avg":
         total, count, shard_avg = (row[i] for i in slot.sources)
@@ -279,6 +282,8 @@ def _step(slot: AggregateSlot, state: Any, row: Row) -> Any:
     kind = slot.kind
     if kind == "count":
         return state + row[slot.sources[0]]
+    if kind == "any":  # EXISTS: true if true on any shard
+        return state or row[slot.sources[0]]
     if kind == "sum":
         return _add(state, row[slot.sources[0]])
     if kind in ("min", "max") and len(slot.sources) == 2:
@@ -326,8 +331,39 @@ def _more_precise(current: Any, new: Any) -> Any:
 _DIVISION = decimal.Context(prec=60, rounding=decimal.ROUND_HALF_UP)
 
 
-def _divide(total: Any, count: int, like: Any) -> Any:
+def postgresql_division_scale(dividend: decimal.Decimal, divisor: decimal.Decimal) -> int:
+    """The scale PostgreSQL gives ``dividend / divisor`` of numerics (its select_div_scale).
+
+    At least 16 significant digits, and no fewer decimals than either
+    input shows; PostgreSQL stores numerics in base-10000 digits, whose
+    weight and leading digit decide.
+    """
+
+    def weight_and_first_digit(value: decimal.Decimal) -> tuple[int, int]:
+        if value == 0:
+            return 0, 0
+        weight = abs(value).adjusted() // 4
+        return weight, int(abs(value).scaleb(-4 * weight))
+
+    weight1, first1 = weight_and_first_digit(dividend)
+    weight2, first2 = weight_and_first_digit(divisor)
+    quotient_weight = weight1 - weight2 - (1 if first1 <= first2 else 0)
+    scale = 16 - quotient_weight * 4
+    for value in (dividend, divisor):
+        exponent = value.as_tuple().exponent
+        if isinstance(exponent, int):
+            scale = max(scale, -exponent)
+    return min(max(scale, 0), 1000)
+
+
+def _divide(total: Any, count: int, like: Any, division: str = "like") -> Any:
     """``total / count`` in the type the database's own AVG returned (``like``)."""
+    if isinstance(like, decimal.Decimal) and division == "postgresql":
+        dividend, divisor = decimal.Decimal(total), decimal.Decimal(count)
+        scale = postgresql_division_scale(dividend, divisor)
+        context = decimal.Context(prec=scale + 60, rounding=decimal.ROUND_HALF_UP)
+        quotient = context.divide(dividend, divisor)
+        return quotient.quantize(decimal.Decimal(1).scaleb(-scale), context=context)
     if isinstance(like, decimal.Decimal):
         quotient = _DIVISION.divide(decimal.Decimal(total), decimal.Decimal(count))
         exponent = like.as_tuple().exponent
@@ -343,13 +379,13 @@ def _finish(slot: AggregateSlot, state: Any) -> Any:
     kind = slot.kind
     if kind in ("min", "max") and len(slot.sources) == 2:
         return state[0]
-    if kind in ("count", "sum", "min", "max"):
+    if kind in ("count", "sum", "min", "max", "any"):
         return state
     if kind == "avg":
         total, count, shard_avg = state
         if not count or total is None:
             return None
-        return _divide(total, count, shard_avg)
+        return _divide(total, count, shard_avg, slot.division)
     values, shard_result = state
     if kind == "count_distinct":
         return len(values)
@@ -358,7 +394,7 @@ def _finish(slot: AggregateSlot, state: Any) -> Any:
     total = sum(values.values())
     if kind == "sum_distinct":
         return total
-    return _divide(total, len(values), shard_result)
+    return _divide(total, len(values), shard_result, slot.division)
 
 
 @dataclasses.dataclass(frozen=True)

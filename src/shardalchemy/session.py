@@ -816,30 +816,41 @@ def _run_on_shards(session: ShardedSession, orm_context: ORMExecuteState, route:
     plan = None
     if orm_context.is_select and settings.merge:
         plan = session._plan(orm_context.statement, shards, orm_context.parameters)
-    statement = plan.statement if plan is not None else None
+        if plan.fallback is not None and options.get("prebuffer_rows"):
+            plan = plan.fallback  # AsyncSession loads the rows before they could be read
 
-    def run_on(shard: Any) -> Any:
-        return orm_context.invoke_statement(
-            statement=statement,
-            bind_arguments={"shard_id": shard},
-            execution_options={"identity_token": shard},
+    def fan_out(statement: Any) -> tuple[list[Any], executor.Outcome]:
+        def run_on(shard: Any) -> Any:
+            return orm_context.invoke_statement(
+                statement=statement,
+                bind_arguments={"shard_id": shard},
+                execution_options={"identity_token": shard},
+            )
+
+        outcome = executor.fan_out(
+            session,
+            shards,
+            run_on,
+            timeout=settings.timeout,
+            allow_partial=settings.allow_partial,
+            concurrency=settings.concurrency if orm_context.is_select else 1,
+            pool_owner=session.shard_map if session.shard_map is not None else session,
         )
+        return [outcome.results[shard] for shard in shards if shard in outcome.results], outcome
 
-    outcome = executor.fan_out(
-        session,
-        shards,
-        run_on,
-        timeout=settings.timeout,
-        allow_partial=settings.allow_partial,
-        concurrency=settings.concurrency if orm_context.is_select else 1,
-        pool_owner=session.shard_map if session.shard_map is not None else session,
-    )
-    results = [outcome.results[shard] for shard in shards if shard in outcome.results]
+    results, outcome = fan_out(plan.statement if plan is not None else None)
     if plan is None:
         merged = results[0].merge(*results[1:])
         merged.failed_shards = dict(outcome.failures)
         return merged
-    rows = plan.merge([_rows_of(result) for result in results])
+    streams = [_rows_of(result, plan.row_columns) for result in results]
+    if plan.fallback is not None and any(stream is None for stream in streams):
+        for result in results:  # rows that cannot be read: select the sort keys instead
+            result.close()
+        plan = plan.fallback
+        results, outcome = fan_out(plan.statement)
+        streams = [_rows_of(result, ()) for result in results]
+    rows = plan.merge(streams)
     if options.get("prebuffer_rows"):  # AsyncSession: rows must be read inside its greenlet
         rows = iter(list(rows))
     result = _compat.merged_result(results[0], rows, results, plan.visible, plan.single_entity)
@@ -847,8 +858,14 @@ def _run_on_shards(session: ShardedSession, orm_context: ORMExecuteState, route:
     return result
 
 
-def _rows_of(result: Any) -> Iterator[tuple[Any, ...]]:
-    """One shard's rows as plain tuples (ORM objects already loaded), read lazily."""
+def _rows_of(result: Any, row_columns: tuple[Any, ...]) -> Any:
+    """One shard's rows as plain tuples (ORM objects already loaded), read lazily.
+
+    With ``row_columns``, each row is followed by those columns of the row
+    its entities were loaded from (``None`` if they cannot be read).
+    """
+    if row_columns:
+        return _compat.rows_with_columns(result, row_columns)
     if _compat.requires_unique(result):  # joined eager loading: one row per parent object
         result = result.unique()
     return (tuple(row) for row in result)
