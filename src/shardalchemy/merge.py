@@ -209,6 +209,7 @@ class Aggregate:
         groups: dict[Any, _Group] = {}
         slots = self.slots
         key_of = self._key_function()
+        steps = list(enumerate(_stepper(slot) for slot in slots))
         for row in rows:
             key = key_of(row)
             state = groups.get(key)
@@ -216,8 +217,8 @@ class Aggregate:
                 groups[key] = _Group(row, [_start(slot, row) for slot in slots])
             else:
                 states = state.states
-                for position, slot in enumerate(slots):
-                    states[position] = _step(slot, states[position], row)
+                for position, step in steps:
+                    states[position] = step(states[position], row)
         if not groups and self.scalar:
             # no row anywhere (a pushed-down DISTINCT value grouped them all away):
             # an ungrouped aggregate still answers one row, of zero counts and NULLs
@@ -268,6 +269,55 @@ def _start(slot: AggregateSlot, row: Row) -> Any:
         values[slot.transform(value)] = value
     shard_result = row[slot.sources[1]] if len(slot.sources) > 1 else None
     return [values, shard_result]
+
+
+def _stepper(slot: AggregateSlot) -> Callable[[Any, Row], Any]:
+    """``_step`` for one slot; the common kinds as small closures (the merge's inner loop)."""
+    kind, index = slot.kind, slot.sources[0]
+    simple = len(slot.sources) == 1 and slot.transform is _identity
+    if kind == "count":
+        return lambda state, row: state + row[index]
+    if kind == "sum":
+
+        def add(state: Any, row: Row) -> Any:
+            value = row[index]
+            return state if value is None else value if state is None else state + value
+
+        return add
+    if kind == "min" and simple:
+
+        def smaller(state: Any, row: Row) -> Any:
+            value = row[index]
+            return value if value is not None and (state is None or value < state) else state
+
+        return smaller
+    if kind == "max" and simple:
+
+        def larger(state: Any, row: Row) -> Any:
+            value = row[index]
+            return value if value is not None and (state is None or state < value) else state
+
+        return larger
+    if kind == "avg":
+        total_at, count_at, average_at = slot.sources
+        # the shards' own AVG lends its type, and (unless PostgreSQL's rule
+        # decides) the finest scale any shard showed
+        finest_scale = slot.division != "postgresql"
+
+        def average(state: Any, row: Row) -> Any:
+            total, count, shard_average = row[total_at], row[count_at], row[average_at]
+            if total is not None:
+                state[0] = total if state[0] is None else state[0] + total
+            if count:
+                state[1] += count
+            if state[2] is None:
+                state[2] = shard_average
+            elif finest_scale and isinstance(shard_average, decimal.Decimal):
+                state[2] = _more_precise(state[2], shard_average)
+            return state
+
+        return average
+    return lambda state, row: _step(slot, state, row)
 
 
 def _add(left: Any, right: Any) -> Any:
