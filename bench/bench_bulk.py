@@ -78,6 +78,7 @@ from typing import Any
 
 import psycopg
 import sqlalchemy as sa
+from _databases import database_urls, libpq, render
 from _machine import machine
 from sqlalchemy import BigInteger, Float, Integer, String, create_engine, insert, text
 from sqlalchemy.engine import URL, Engine, make_url
@@ -134,20 +135,6 @@ def shard_names(count: int) -> list[str]:
     return [f"s{i}" for i in range(count)]
 
 
-def database_urls(base: URL, shards: list[str]) -> tuple[dict[str, URL], URL]:
-    sharded = {shard: base.set(database=f"{DATABASE_PREFIX}_{shard}") for shard in shards}
-    return sharded, base.set(database=f"{DATABASE_PREFIX}_one")
-
-
-def render(url: URL) -> str:
-    return url.render_as_string(hide_password=False)
-
-
-def libpq(url: URL) -> str:
-    """A conninfo URI psycopg.connect() accepts."""
-    return render(url.set(drivername="postgresql"))
-
-
 def peak_rss_kb() -> int:
     """Peak RSS of this process in KB: VmHWM on Linux, else ru_maxrss.
 
@@ -182,7 +169,7 @@ def child_generator(options: argparse.Namespace) -> None:
     """The sharded_generator variant, in a process that never holds the list of rows."""
     shards = shard_names(options.shards)
     model, _ = make_model(shards)
-    urls, _ = database_urls(make_url(options.url), shards)
+    urls, _ = database_urls(make_url(options.url), DATABASE_PREFIX, shards)
     shard_map = ShardMap.databases({shard: render(url) for shard, url in urls.items()})
     factory = shard_map.sessionmaker()
     statement = insert(model)
@@ -364,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     shards = shard_names(options.shards)
     model, strategy = make_model(shards)
     base = make_url(options.url)
-    shard_urls, one_url = database_urls(base, shards)
+    shard_urls, one_url = database_urls(base, DATABASE_PREFIX, shards)
     names = [url.database for url in [*shard_urls.values(), one_url]]
     admin = create_engine(base, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
     info = machine_with_server(admin)

@@ -125,6 +125,7 @@ from typing import Any
 
 import psycopg
 import sqlalchemy as sa
+from _databases import database_urls, libpq, render
 from _machine import machine
 from sqlalchemy import BigInteger, Float, Integer, create_engine, event, func, select, text
 from sqlalchemy.dialects import postgresql
@@ -228,20 +229,6 @@ def expected_rows_on_shard(total: int) -> dict[str, int]:
 
 
 # ---------------------------------------------------------------- databases
-
-
-def database_urls(base: URL) -> tuple[dict[str, URL], URL]:
-    sharded = {shard: base.set(database=f"{DATABASE_PREFIX}_{shard}") for shard in SHARDS}
-    return sharded, base.set(database=f"{DATABASE_PREFIX}_one")
-
-
-def render(url: URL) -> str:
-    return url.render_as_string(hide_password=False)
-
-
-def libpq(url: URL) -> str:
-    """A conninfo URI psycopg.connect() accepts."""
-    return render(url.set(drivername="postgresql"))
 
 
 def create_databases(admin: Engine, names: list[str], reuse: bool) -> None:
@@ -493,6 +480,18 @@ class Bench:
         return [name for name in names if name in (default if wanted is None else wanted)]
 
 
+def common_parameters(bench: Bench, dataset: Dataset, names: list[str]) -> dict[str, Any]:
+    """The parameters every case reports: shards, rows, repeats, variants."""
+    return {
+        "shards": len(SHARDS),
+        "rows_per_shard": dataset.rows_per_shard,
+        "rows_total": dataset.total,
+        "rows_on_shard": dataset.rows_on_shard,
+        "repeats": bench.options.repeats,
+        "variants": names,
+    }
+
+
 def run_query_case(
     bench: Bench,
     case: str,
@@ -550,12 +549,7 @@ def run_query_case(
             "statement": described,
             "limit_sql": plan_sql,
             "minimal_sql": limit_sql,
-            "shards": len(SHARDS),
-            "rows_per_shard": dataset.rows_per_shard,
-            "rows_total": dataset.total,
-            "rows_on_shard": dataset.rows_on_shard,
-            "repeats": bench.options.repeats,
-            "variants": names,
+            **common_parameters(bench, dataset, names),
         },
         **summarize_times(samples),
         "correct": correct,
@@ -701,12 +695,7 @@ def case_memory(bench: Bench, dataset: Dataset) -> dict[str, Any]:
             ),
             "limit_sql": literal_sql(select(dataset.model.id, dataset.model.x)),
             "limit_fetchmany": YIELD_PER,
-            "shards": len(SHARDS),
-            "rows_per_shard": dataset.rows_per_shard,
-            "rows_total": dataset.total,
-            "rows_on_shard": dataset.rows_on_shard,
-            "repeats": bench.options.repeats,
-            "variants": names,
+            **common_parameters(bench, dataset, names),
         },
         "unit": "rows/s and s per full stream (median of repeats, each in a fresh process)",
         "rows_per_s": {name: round(dataset.total / value) for name, value in medians.items()},
@@ -760,7 +749,7 @@ def child_memory(options: argparse.Namespace) -> None:
     """One streamed scatter of every row, in this fresh process: its time and peak RSS growth."""
     variant = options.child_memory
     model = model_for(options.rows_per_shard)
-    shard_urls, one_url = database_urls(make_url(options.url))
+    shard_urls, one_url = database_urls(make_url(options.url), DATABASE_PREFIX, SHARDS)
     closers: list[Callable[[], None]] = []
     stream: Callable[[Any], int]
     if variant == "limit":
@@ -900,7 +889,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = {case: options.rows_per_shard or DEFAULT_ROWS_PER_SHARD[case] for case in cases}
 
     base = make_url(options.url)
-    shard_urls, one_url = database_urls(base)
+    shard_urls, one_url = database_urls(base, DATABASE_PREFIX, SHARDS)
     names = [str(url.database) for url in [*shard_urls.values(), one_url]]
     admin = create_engine(base, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
     info = machine_with_server(admin)

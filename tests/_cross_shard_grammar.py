@@ -666,6 +666,10 @@ class Renderer:
             statement = statement.having(parts["having"])
         if parts["order_by"]:
             statement = statement.order_by(*parts["order_by"])
+        return self.paged(statement)
+
+    def paged(self, statement: Any) -> Any:
+        """``statement`` (a select or a legacy query) with the spec's LIMIT and OFFSET."""
         limit, offset = self.paging()
         if limit is not None:
             statement = statement.limit(limit)
@@ -692,11 +696,7 @@ class Renderer:
             query = query.filter(parts["where"])
         if parts["order_by"]:
             query = query.order_by(*parts["order_by"])
-        limit, offset = self.paging()
-        if limit is not None:
-            query = query.limit(limit)
-        if offset is not None:
-            query = query.offset(offset)
+        query = self.paged(query)
         if self.parameters:
             query = query.params(**self.parameters)
         return query

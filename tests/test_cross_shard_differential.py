@@ -217,6 +217,17 @@ class Answer:
     tokens: list[tuple[int, Any]]  # (shard key, identity token) of each loaded entity
 
 
+def answer_of(raw: list[tuple[Any, ...]], item: Any) -> Answer:
+    """The comparable form of result rows, and each loaded entity's (shard key, token)."""
+    tokens = [
+        (value.shard_key, sa.inspect(value).identity_token)
+        for row in raw
+        for value in row
+        if isinstance(value, item)
+    ]
+    return Answer([tuple(normalized(value, item) for value in row) for row in raw], tokens)
+
+
 def answer(world: World, session: Any, spec: Spec) -> Answer:
     """Run ``spec`` in ``session`` the way its ``api`` says; rows normalized, tokens read."""
     item = world.models.item
@@ -234,13 +245,7 @@ def answer(world: World, session: Any, spec: Spec) -> Answer:
     else:
         result = session.execute(renderer.statement(), renderer.parameters)
         raw = [tuple(row) for row in result.all()]
-    tokens = [
-        (value.shard_key, sa.inspect(value).identity_token)
-        for row in raw
-        for value in row
-        if isinstance(value, item)
-    ]
-    return Answer([tuple(normalized(value, item) for value in row) for row in raw], tokens)
+    return answer_of(raw, item)
 
 
 def same_value(expected: Any, got: Any) -> bool:
@@ -532,13 +537,7 @@ async def answer_async(world: World, session: AsyncSession, spec: Spec) -> Answe
     else:
         assert spec.api == "execute", spec.api
         raw = [tuple(row) for row in (await session.execute(statement, parameters)).all()]
-    tokens = [
-        (value.shard_key, sa.inspect(value).identity_token)
-        for row in raw
-        for value in row
-        if isinstance(value, item)
-    ]
-    return Answer([tuple(normalized(value, item) for value in row) for row in raw], tokens)
+    return answer_of(raw, item)
 
 
 ASYNC_EXAMPLES = 25

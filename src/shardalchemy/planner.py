@@ -1044,29 +1044,25 @@ class _Predicate:
 
 
 def _and(parts: list[Callable[[Row], Any]]) -> Callable[[Row], Any]:
-    def evaluate(row: Row) -> Any:
-        unknown = False
-        for part in parts:
-            value = part(row)
-            if value is None:
-                unknown = True
-            elif not value:
-                return False
-        return None if unknown else True
-
-    return evaluate
+    return _connective(parts, deciding=False)
 
 
 def _or(parts: list[Callable[[Row], Any]]) -> Callable[[Row], Any]:
+    return _connective(parts, deciding=True)
+
+
+def _connective(parts: list[Callable[[Row], Any]], deciding: bool) -> Callable[[Row], Any]:
+    """AND (``deciding=False``: one FALSE decides) or OR (one TRUE decides), NULL-aware."""
+
     def evaluate(row: Row) -> Any:
         unknown = False
         for part in parts:
             value = part(row)
             if value is None:
                 unknown = True
-            elif value:
-                return True
-        return None if unknown else False
+            elif bool(value) is deciding:
+                return deciding
+        return None if unknown else not deciding
 
     return evaluate
 
