@@ -488,9 +488,31 @@ def rows_with_columns(result: Any, columns: tuple[Any, ...]) -> Iterator[tuple[A
     if not wrapped:
         return None
 
+    scalars = result._source_supports_scalars  # a single entity's raw rows are its objects
+
     def rows() -> Iterator[tuple[Any, ...]]:
-        for row in result:
+        for row in result._raw_row_iterator():
             source = pending.popleft()
-            yield (*row, *[source[index] for index in indices])
+            keys = [source[index] for index in indices]
+            yield (row, *keys) if scalars else (*row, *keys)
 
     return rows()
+
+
+def processed_rows(result: Any) -> Iterator[tuple[Any, ...]]:
+    """A shard result's rows as tuples of Python values, read lazily.
+
+    ORM results hold such tuples already (their raw rows are processed; a
+    single entity's are the objects themselves), so no ``Row`` is built per
+    row; a ``CursorResult``'s raw rows are the driver's, so its ``Row``s are.
+    """
+    from sqlalchemy.engine import CursorResult
+
+    if isinstance(result, CursorResult) or requires_unique(result):
+        if requires_unique(result):  # joined eager loading: one row per parent object
+            result = result.unique()
+        return (tuple(row) for row in result)
+    raw = result._raw_row_iterator()
+    if result._source_supports_scalars:
+        return ((value,) for value in raw)
+    return iter(raw)

@@ -210,11 +210,12 @@ class Aggregate:
         slots = self.slots
         key_of = self._key_function()
         steps = list(enumerate(_stepper(slot) for slot in slots))
+        starters = [_starter(slot) for slot in slots]
         for row in rows:
             key = key_of(row)
             state = groups.get(key)
             if state is None:
-                groups[key] = _Group(row, [_start(slot, row) for slot in slots])
+                groups[key] = _Group(row, [start(row) for start in starters])
             else:
                 states = state.states
                 for position, step in steps:
@@ -228,11 +229,18 @@ class Aggregate:
                     empty[slot.index] = 0
             yield tuple(empty)
             return
+        # final values: most are the state itself; avg, DISTINCT and keyed min/max finish
+        plain = [(slot.index, position) for position, slot in enumerate(slots) if _is_plain(slot)]
+        finished = [(slot, position) for position, slot in enumerate(slots) if not _is_plain(slot)]
         for state in groups.values():
             out = list(state.row)
-            for slot, value in zip(slots, state.states, strict=True):
+            states = state.states
+            for index, position in plain:
+                out[index] = states[position]
+            for slot, position in finished:
+                value = states[position]
                 out[slot.index] = _finish(slot, value)
-                if slot.kind in ("min", "max") and len(slot.sources) == 2:
+                if slot.kind in ("min", "max"):
                     out[slot.sources[1]] = value[1]  # the winner's sort key, for ORDER BY
             yield tuple(out)
 
@@ -269,6 +277,20 @@ def _start(slot: AggregateSlot, row: Row) -> Any:
         values[slot.transform(value)] = value
     shard_result = row[slot.sources[1]] if len(slot.sources) > 1 else None
     return [values, shard_result]
+
+
+def _is_plain(slot: AggregateSlot) -> bool:
+    """Whether a slot's running state is its final value (count, sum, min, max, any)."""
+    return slot.kind in ("count", "sum", "any") or (
+        slot.kind in ("min", "max") and len(slot.sources) == 1
+    )
+
+
+def _starter(slot: AggregateSlot) -> Callable[[Row], Any]:
+    """``_start`` for one slot, the plain kinds as an itemgetter."""
+    if _is_plain(slot):
+        return operator.itemgetter(slot.sources[0])
+    return lambda row: _start(slot, row)
 
 
 def _stepper(slot: AggregateSlot) -> Callable[[Any, Row], Any]:

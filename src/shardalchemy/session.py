@@ -866,9 +866,7 @@ def _rows_of(result: Any, row_columns: tuple[Any, ...]) -> Any:
     """
     if row_columns:
         return _compat.rows_with_columns(result, row_columns)
-    if _compat.requires_unique(result):  # joined eager loading: one row per parent object
-        result = result.unique()
-    return (tuple(row) for row in result)
+    return _compat.processed_rows(result)
 
 
 def _check_multi_shard(session: ShardedSession, orm_context: ORMExecuteState, route: Route) -> None:
