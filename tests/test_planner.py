@@ -200,7 +200,7 @@ def test_select_exists_is_true_if_it_is_on_any_shard() -> None:
         (select(City.id).where(City.id.in_(select(City.id).limit(3))), "LIMIT/OFFSET"),
         (select(City.name, func.count()), "outside an aggregate"),
         (select(func.count()).select_from(City).having(func.count() / 2 > 1), "HAVING"),
-        (select(City.id).distinct(City.name), "DISTINCT ON"),
+        (select(City.id).ext(postgresql.distinct_on(City.name)), "DistinctOnClause"),
         (select(City.id).order_by(City.id).limit(literal_column("3")), "LIMIT"),
         (select(select(City.id).where(City.id == 3).scalar_subquery()), "without FROM"),
     ],

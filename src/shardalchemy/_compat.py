@@ -305,6 +305,22 @@ def distinct_on(statement: Any) -> tuple[Any, ...]:
     return tuple(getattr(statement, "_distinct_on", ()))
 
 
+# where SQLAlchemy 2.1's dialect syntax extensions (Select.ext(), e.g. PostgreSQL's
+# distinct_on()) attach to a SELECT
+_SYNTAX_EXTENSION_SLOTS = (
+    "_pre_columns_clause",
+    "_post_select_clause",
+    "_post_criteria_clause",
+    "_post_body_clause",
+)
+
+
+def syntax_extensions(statement: Any) -> list[Any]:
+    """The dialect syntax extensions a SELECT carries (``select(...).ext(distinct_on(x))``)."""
+    found = (getattr(statement, slot, None) for slot in _SYNTAX_EXTENSION_SLOTS)
+    return [extension for extension in found if extension is not None]
+
+
 def fetch_clause(statement: Any) -> Any:
     return getattr(statement, "_fetch_clause", None)
 

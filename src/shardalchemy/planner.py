@@ -38,6 +38,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import operator
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -234,7 +235,9 @@ class Plan:
 def _sql_text(statement: Any) -> str:
     """The SQL of ``statement`` on one line, with its values where they can be shown."""
     try:
-        text = str(statement.compile(compile_kwargs={"literal_binds": True}))
+        with warnings.catch_warnings():  # a value given only at execute time renders as NULL
+            warnings.simplefilter("error")
+            text = str(statement.compile(compile_kwargs={"literal_binds": True}))
     except Exception:  # a value without a literal form: show the placeholders
         try:
             text = str(statement)
@@ -692,6 +695,11 @@ def _plan_checked(statement: Any, facts: DatabaseFacts, parameters: Mapping[str,
         raise refuse(_short(statement), "only SELECT statements are merged across shards")
     if _compat.distinct_on(statement):
         raise refuse("DISTINCT ON", "it is not merged yet")
+    for extension in _compat.syntax_extensions(statement):  # e.g. postgresql.distinct_on()
+        raise refuse(
+            f"the syntax extension {type(extension).__name__}",
+            "shardalchemy cannot know what it does to the rows",
+        )
     if _compat.fetch_clause(statement):
         raise refuse("FETCH FIRST ... WITH TIES / PERCENT", "it is not merged yet")
     builder = _Builder(statement, facts, parameters)
