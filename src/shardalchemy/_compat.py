@@ -8,6 +8,7 @@ the ``tables`` placement has its own module, :mod:`shardalchemy._naming`.)
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -178,6 +179,35 @@ def in_parameter_order(statement: Any) -> Any:
 def has_where(statement: Any) -> bool:
     """Whether an UPDATE/DELETE has WHERE criteria (an ORM UPDATE without is "by primary key")."""
     return bool(getattr(statement, "_where_criteria", ()))
+
+
+@functools.lru_cache(maxsize=1024)
+def identity_token_options(shard: Any) -> Any:
+    """Execution options that load objects with ``shard`` as identity token.
+
+    What the public ``identity_token`` execution option becomes in the ORM
+    (its load options), made once per shard instead of at every execution.
+    """
+    from sqlalchemy.orm.context import QueryContext
+    from sqlalchemy.util import immutabledict
+
+    options = QueryContext.default_load_options + {"_identity_token": shard}
+    return immutabledict({"_sa_orm_load_options": options})
+
+
+def execution_identity_token(options: Any) -> Any:
+    """The identity token execution options carry: the public option, or its load options.
+
+    Eager loaders run with their top-level statement's execution options,
+    their own load options replacing its: there the token is the top-level
+    query context's.
+    """
+    token = options.get("identity_token")
+    if token is None:
+        token = getattr(options.get("_sa_orm_load_options"), "_identity_token", None)
+    if token is None:  # a post-loader (selectinload) of a statement that carried its token
+        token = getattr(options.get("sa_top_level_orm_context"), "identity_token", None)
+    return token
 
 
 def returning_load_options(orm_context: ORMExecuteState, shard: Any) -> dict[str, Any]:

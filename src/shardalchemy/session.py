@@ -31,7 +31,7 @@ import types
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar, cast
 
-from sqlalchemy import event, exc, inspect
+from sqlalchemy import event, exc, inspect, util
 from sqlalchemy.ext import horizontal_shard
 from sqlalchemy.ext.horizontal_shard import ShardedQuery
 from sqlalchemy.orm import Mapper, ORMExecuteState, RelationshipProperty
@@ -216,6 +216,7 @@ class ShardedSession(horizontal_shard.ShardedSession):
                 "ShardedSession needs shard_map=..., or shard_chooser=... and shards=..."
             )
         self._shard_names: tuple[Any, ...] = tuple(shards or {})
+        self._binds_by_shard: dict[Any, Any] = {}  # filled by bind_shard()
         super().__init__(
             shard_chooser,
             identity_chooser,
@@ -243,6 +244,7 @@ class ShardedSession(horizontal_shard.ShardedSession):
         if shard_id not in getattr(self, "_shard_names", ()):
             self._shard_names = (*getattr(self, "_shard_names", ()), shard_id)
         super().bind_shard(shard_id, bind)
+        self._binds_by_shard[shard_id] = bind
 
     def check_shard(self, shard: Any, where: str) -> Any:
         """Return ``shard`` if this session knows it, else raise :class:`UnknownShardError`."""
@@ -260,6 +262,10 @@ class ShardedSession(horizontal_shard.ShardedSession):
         return super().connection_callable
 
     def get_bind(self, mapper: Any = None, *, shard_id: Any = None, **kw: Any) -> Any:
+        if shard_id is not None:  # every routed statement: the shard's bind, nothing else
+            bind = self._binds_by_shard.get(shard_id)
+            if bind is not None:
+                return bind
         if shard_id is None:
             shard_id = bulk.shard_being_written(self)
         if shard_id is not None:
@@ -401,10 +407,15 @@ class ShardedSession(horizontal_shard.ShardedSession):
                 bind_arguments = (
                     {**bind_arguments, "shard_id": shard} if bind_arguments else {"shard_id": shard}
                 )
+                # the identity token, as the load options it becomes (made once per
+                # shard: building them from an "identity_token" option costs ~2 us)
+                token = _compat.identity_token_options(shard)
                 execution_options = (
-                    {**execution_options, "identity_token": shard}
+                    execution_options.union(token)
+                    if isinstance(execution_options, util.immutabledict)
+                    else {**execution_options, **token}
                     if execution_options
-                    else {"identity_token": shard}
+                    else token
                 )
                 _parent_execute_state = _compat.NO_MORE_EVENTS
         return _SESSION_EXECUTE(
@@ -738,7 +749,7 @@ def _explicit_shard(
         state = _compat.lazy_loaded_from(orm_context)
         token = state.identity_token if state is not None else None
         if token is None:
-            token = options.get("identity_token")
+            token = _compat.execution_identity_token(options)
         path = orm_context.loader_strategy_path
         relationship = path[-1] if path is not None and len(path) else None
         if token is not None and _colocated(session, relationship):
@@ -1008,9 +1019,11 @@ def _refuse_shard_move(session: ShardedSession, state: InstanceState[Any]) -> No
 
 
 def _plain_select(statement: Any) -> bool:
-    """A SELECT that is not a loader's and not pinned by ``set_shard_id``."""
+    """A SELECT that is not a loader's, not pinned by ``set_shard_id``, with no token of its own."""
     if not getattr(statement, "is_select", False) or _compat.on_loader_path(statement):
         return False
+    if "identity_token" in getattr(statement, "_execution_options", ()):
+        return False  # the statement's own token would win over the routed one
     return not any(
         isinstance(option, horizontal_shard.set_shard_id)
         for option in _compat.statement_options(statement)
