@@ -78,9 +78,9 @@ from typing import Any
 
 import psycopg
 import sqlalchemy as sa
-from _databases import database_urls, libpq, render
+from _databases import create_databases, database_urls, drop_databases, libpq, render
 from _machine import machine
-from sqlalchemy import BigInteger, Float, Integer, String, create_engine, insert, text
+from sqlalchemy import BigInteger, Float, Integer, String, create_engine, insert
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -197,19 +197,6 @@ def child_generator(options: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------- setup and checks
-
-
-def create_databases(admin: Engine, names: list[str]) -> None:
-    with admin.connect() as connection:
-        for name in names:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-
-
-def drop_databases(admin: Engine, names: list[str]) -> None:
-    with admin.connect() as connection:
-        for name in names:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def truncate(engines: dict[str, Engine]) -> None:

@@ -125,9 +125,9 @@ from typing import Any
 
 import psycopg
 import sqlalchemy as sa
-from _databases import database_urls, libpq, render
+from _databases import create_databases, database_urls, drop_databases, libpq, render
 from _machine import machine
-from sqlalchemy import BigInteger, Float, Integer, create_engine, event, func, select, text
+from sqlalchemy import BigInteger, Float, Integer, create_engine, event, func, select
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.ext import horizontal_shard
@@ -229,22 +229,6 @@ def expected_rows_on_shard(total: int) -> dict[str, int]:
 
 
 # ---------------------------------------------------------------- databases
-
-
-def create_databases(admin: Engine, names: list[str], reuse: bool) -> None:
-    with admin.connect() as connection:
-        existing = set(connection.exec_driver_sql("SELECT datname FROM pg_database").scalars())
-        for name in names:
-            if reuse and name in existing:
-                continue
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-
-
-def drop_databases(admin: Engine, names: list[str]) -> None:
-    with admin.connect() as connection:
-        for name in names:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def row_counts(urls: dict[str, URL], table: str) -> dict[str, int | None]:
