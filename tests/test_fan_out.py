@@ -432,3 +432,21 @@ def test_entities_in_the_session_do_not_change_the_order(
         refreshed = session.scalars(statement.execution_options(populate_existing=True))
         assert next(iter(refreshed)).value == 500
         assert len(loaded) == 101
+
+
+@pytest.mark.parametrize("backend", [pytest.param("postgresql", marks=pytest.mark.postgresql)])
+def test_async_stream_merges_server_side_cursors(
+    shard_map: ShardMap, urls: dict[str, URL], backend: str
+) -> None:
+    async_map = ShardMap.databases(async_urls(urls, backend))
+    statement = select(Item).order_by(Item.value, Item.id).execution_options(yield_per=7)
+
+    async def main() -> list[int]:
+        async with AsyncSession(sync_session_class=ShardedSession, shard_map=async_map) as session:
+            streamed = await session.stream(statement)
+            ids = [item.id async for item in streamed.scalars()]
+        await async_map.dispose_async()
+        return ids
+
+    expected = sorted(rows(), key=lambda item: (item.value, item.id))
+    assert asyncio.run(main()) == [item.id for item in expected]
