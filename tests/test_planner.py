@@ -143,6 +143,30 @@ def test_aggregates_are_decomposed_and_re_aggregated() -> None:
     assert planned.visible == 3
 
 
+def test_expressions_over_aggregates_are_computed_after_the_merge() -> None:
+    statement = (
+        select(City.name, func.sum(City.population) - func.min(City.population) + 1)
+        .group_by(City.name)
+        .order_by(func.coalesce(func.max(City.population), 0).desc())
+    )
+    planned = plan(statement)
+    assert [type(step).__name__ for step in planned.steps] == ["Aggregate", "Compute", "Sort"]
+    # two shards' partials of the groups "a" (populations 1, 5 | 2) and "b" (NULL | 4)
+    # layout: name, expression, sum, min, computed sort key, max
+    shard_rows = [
+        [("a", None, 6, 1, None, 5), ("b", None, None, None, None, None)],
+        [("a", None, 2, 2, None, 2), ("b", None, 4, 4, None, 4)],
+    ]
+    merged = list(planned.merge([iter(rows) for rows in shard_rows]))
+    assert [row[:2] for row in merged] == [("a", 8 - 1 + 1), ("b", 4 - 4 + 1)]
+
+
+def test_an_aggregate_selected_twice_is_merged_in_both_places() -> None:
+    planned = plan(select(func.count(), func.min(City.population) - 1, func.count()))
+    merged = list(planned.merge([iter([(2, None, 2, 5)]), iter([(3, None, 3, 4)])]))
+    assert merged[0][:3] == (5, 3, 5)
+
+
 def test_count_distinct_is_pushed_down_as_a_group_key() -> None:
     planned = plan(select(func.count(City.name.distinct())), POSTGRESQL)
     assert "GROUP BY cities.name" in sql(planned)
@@ -185,7 +209,8 @@ def test_select_exists_is_true_if_it_is_on_any_shard() -> None:
     [
         (select(func.row_number().over(order_by=City.id)), "window function"),
         (select(func.string_agg(City.name, ",")), "aggregate string_agg()"),
-        (select(func.count() + 1).select_from(City), "the expression"),
+        (select(func.sum(City.population) / func.count()), "the expression"),
+        (select(func.abs(func.sum(City.population))), "the expression"),
         (select(City, func.count()).group_by(City.id), "an ORM entity"),
         (select(City).with_for_update(), "FOR UPDATE"),
         (intersect(select(City.id), select(Report.city_id)), "INTERSECT"),

@@ -470,6 +470,24 @@ def _finish(slot: AggregateSlot, state: Any) -> Any:
 
 
 @dataclasses.dataclass(frozen=True)
+class Compute:
+    """Expressions over merged aggregates (``sum(x) + count(*)``), computed per merged row."""
+
+    columns: tuple[tuple[int, Callable[[Row], Any]], ...]
+
+    def apply(self, rows: Iterable[Row]) -> Iterator[Row]:
+        columns = self.columns
+        for row in rows:
+            out = list(row)
+            for index, compute in columns:
+                out[index] = compute(row)
+            yield tuple(out)
+
+    def describe(self) -> str:
+        return f"Compute {len(self.columns)} expression(s) over the merged aggregates"
+
+
+@dataclasses.dataclass(frozen=True)
 class Filter:
     """HAVING, evaluated on merged groups: keeps rows whose predicate is TRUE."""
 
@@ -539,7 +557,7 @@ class Limit:
 
 
 Combiner = Concatenate | MergeSort
-Step = Aggregate | Filter | Sort | Distinct | Limit
+Step = Aggregate | Compute | Filter | Sort | Distinct | Limit
 
 
 def run(

@@ -70,6 +70,7 @@ from .merge import (
     Aggregate,
     AggregateSlot,
     Combiner,
+    Compute,
     Concatenate,
     Distinct,
     Filter,
@@ -847,9 +848,14 @@ class _Aggregates:
         self.extra_group_by: list[Any] = []
 
     def slot_index(self, aggregate: Any, index: int | None = None) -> int:
-        """The row position of ``aggregate``'s final value (``index``: where it is visible)."""
+        """The row position of ``aggregate``'s final value (``index``: where it is visible).
+
+        A visible aggregate gets a slot of its own at its position even when
+        the same aggregate is also elsewhere (selected twice, or hidden for an
+        expression): each position must receive the merged value.
+        """
         for expression, slot in zip(self.expressions, self.slots, strict=True):
-            if _same_expression(expression, aggregate):
+            if _same_expression(expression, aggregate) and index in (None, slot.index):
                 return slot.index
         builder = self.builder
         function = _strip(aggregate)
@@ -898,18 +904,19 @@ def _plan_aggregate(builder: _Builder, having: Any) -> Plan:
             "select the entity's columns instead, or aggregate in a subquery pinned to a shard",
         )
     aggregates = _Aggregates(builder)
+    expressions = _Expressions(builder, aggregates)
+    computed: list[tuple[int, Callable[[Row], Any]]] = []  # expressions over aggregates
     group_by = list(_compat.group_by(statement))
     group_columns = [builder.index_of(expression, "group") for expression in group_by]
-    for index, column in enumerate(builder.visible):
+    for index, column in enumerate(builder.visible):  # first the plain aggregates...
+        if _is_aggregate(_strip(column)):
+            aggregates.slot_index(_strip(column), index)
+    for index, column in enumerate(builder.visible):  # ... which expressions may then read
         inner = _strip(column)
         if _is_aggregate(inner):
-            aggregates.slot_index(inner, index)
-        elif _contains_aggregate(inner):
-            raise refuse(
-                f"the expression {_short(column)}",
-                "only plain aggregate calls are merged, not expressions over them; select "
-                "the aggregates and compute the expression in Python",
-            )
+            continue
+        if _contains_aggregate(inner):
+            computed.append((index, expressions.compile(inner, "the expression")))
         elif not group_by and _reads_columns(inner):
             raise refuse(
                 f"the column {_short(column)} outside an aggregate without GROUP BY",
@@ -926,7 +933,11 @@ def _plan_aggregate(builder: _Builder, having: Any) -> Plan:
         if _is_aggregate(_strip(expression)):
             return aggregates.slot_index(_strip(expression), builder.visible_index(expression))
         if _contains_aggregate(expression):
-            raise refuse(f"ORDER BY {_short(expression)}", "it is an expression over aggregates")
+            index = builder.visible_index(expression)
+            if index is None:  # computed into a hidden column of its own
+                index = builder.hidden_index(expression, "computed")
+                computed.append((index, expressions.compile(expression, "ORDER BY")))
+            return index
         return builder.index_of(expression, "sort")
 
     keys = builder.sort_keys(_compat.order_by(statement), resolve)
@@ -943,6 +954,8 @@ def _plan_aggregate(builder: _Builder, having: Any) -> Plan:
             width=builder.width(),
         )
     ]
+    if computed:
+        steps.append(Compute(tuple(computed)))
     if predicate is not None:
         steps.append(Filter(predicate, f"HAVING {_short(having)}"))
     if getattr(statement, "_distinct", False):
@@ -1021,6 +1034,25 @@ class _Predicate:
                 raise refuse(f"HAVING {_short(clause)}", "it compares text under a collation")
 
     def operand(self, element: Any) -> Callable[[Row], Any]:
+        return _Expressions(self.builder, self.aggregates).compile(element, "HAVING operand")
+
+
+class _Expressions:
+    """Expressions over merged groups compiled to Python functions of a merged row.
+
+    Aggregates read their merged slot; ``+``, ``-``, ``*``, unary ``-`` and
+    ``coalesce()`` compute as SQL does (NULL in, NULL out; Python's int,
+    Decimal and float arithmetic keep the types and scales the databases
+    give); other expressions without aggregates are group-level, read from
+    the group's row.  Division is refused: its integer and decimal rules
+    differ between databases.
+    """
+
+    def __init__(self, builder: _Builder, aggregates: _Aggregates) -> None:
+        self.builder = builder
+        self.aggregates = aggregates
+
+    def compile(self, element: Any, what: str) -> Callable[[Row], Any]:
         element = _strip(element)
         if isinstance(element, BindParameter):
             value = _compat.bind_value(element, self.builder.parameters)
@@ -1028,27 +1060,43 @@ class _Predicate:
         if isinstance(element, Null):
             return lambda row: None
         if _is_aggregate(element):
-            index = self.aggregates.slot_index(element)
-            return operator.itemgetter(index)
+            return operator.itemgetter(self.aggregates.slot_index(element))
+        if not _contains_aggregate(element):
+            if not isinstance(element, ClauseElement):
+                raise refuse(f"{what} {_short(element)}", "it is not an expression")
+            # a group-level expression: the same on every row of the group
+            return operator.itemgetter(self.builder.index_of(element, "group_value"))
         arithmetic = (
             _ARITHMETIC.get(element.operator) if isinstance(element, BinaryExpression) else None
         )
-        if arithmetic is not None and _contains_aggregate(element):
-            assert isinstance(element, BinaryExpression)
-            left, right = self.operand(element.left), self.operand(element.right)
+        if arithmetic is not None:
+            left = self.compile(element.left, what)
+            right = self.compile(element.right, what)
 
             def compute(row: Row) -> Any:
                 a, b = left(row), right(row)
                 return None if a is None or b is None else arithmetic(a, b)
 
             return compute
-        if _contains_aggregate(element):
-            raise refuse(f"HAVING operand {_short(element)}", "it is an expression over aggregates")
-        if not isinstance(element, ClauseElement):
-            raise refuse(f"HAVING operand {_short(element)}", "it is not an expression")
-        # a group-level expression: the same on every row of the group
-        index = self.builder.index_of(element, "having")
-        return operator.itemgetter(index)
+        if isinstance(element, UnaryExpression) and element.operator is operators.neg:
+            inner = self.compile(element.element, what)
+            return lambda row: None if (value := inner(row)) is None else -value
+        if _function_name(element) == "coalesce":
+            parts = [self.compile(argument, what) for argument in _arguments(element)]
+
+            def first_not_null(row: Row) -> Any:
+                for part in parts:
+                    value = part(row)
+                    if value is not None:
+                        return value
+                return None
+
+            return first_not_null
+        raise refuse(
+            f"{what} {_short(element)}",
+            "only +, -, * and coalesce() are computed over merged aggregates; select the "
+            "aggregates and compute the expression in Python",
+        )
 
 
 def _and(parts: list[Callable[[Row], Any]]) -> Callable[[Row], Any]:
