@@ -66,20 +66,18 @@ import argparse
 import gc
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
 import sqlalchemy as sa
 from _databases import create_databases, database_urls, drop_databases, libpq, render
-from _machine import machine
+from _machine import machine, peak_rss_kb
 from sqlalchemy import BigInteger, Float, Integer, String, create_engine, insert
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
@@ -133,23 +131,6 @@ def generate_rows(first: int, last: int) -> Iterator[dict[str, Any]]:
 
 def shard_names(count: int) -> list[str]:
     return [f"s{i}" for i in range(count)]
-
-
-def peak_rss_kb() -> int:
-    """Peak RSS of this process in KB: VmHWM on Linux, else ru_maxrss.
-
-    Not ru_maxrss on Linux: a child started by fork/vfork + exec inherits its
-    parent's ru_maxrss (the kernel folds the old memory map's peak into it at
-    exec), so a child of a parent holding a million rows would report their
-    size as its own peak.  VmHWM belongs to the child's own memory map.
-    """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KB on Linux, bytes on macOS
 
 
 def machine_with_server(engine: Engine) -> dict[str, Any]:

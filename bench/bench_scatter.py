@@ -111,7 +111,6 @@ import json
 import math
 import os
 import random
-import resource
 import statistics
 import subprocess
 import sys
@@ -120,13 +119,12 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import psycopg
 import sqlalchemy as sa
 from _databases import create_databases, database_urls, drop_databases, libpq, render
-from _machine import machine
+from _machine import machine, peak_rss_kb
 from sqlalchemy import BigInteger, Float, Integer, create_engine, event, func, select
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import URL, Engine, make_url
@@ -704,17 +702,6 @@ def case_memory(bench: Bench, dataset: Dataset) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- memory child
-
-
-def peak_rss_kb() -> int:
-    """Peak RSS of this process in KB: VmHWM on Linux, else ru_maxrss (see bench_bulk.py)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KB on Linux, bytes on macOS
 
 
 def run_memory_child(options: argparse.Namespace, variant: str, rows_per_shard: int) -> Any:
