@@ -225,7 +225,7 @@ def fan_out(
     if any(_thread_bound(connection) for connection in connections.values()):
         groups = [list(shards)]
     if concurrency is not None and concurrency < len(groups):
-        groups = _fold(groups, max(1, concurrency))
+        groups = _fold(groups, concurrency)
     running = _Running()
     outcome = Outcome({}, {})
 
@@ -265,20 +265,12 @@ def fan_out(
         size = max(len(shards), 1)
         pool = thread_pool(pool_owner if pool_owner is not None else session, min(size, 32))
         futures = [pool.submit(run_group, group) for group in groups]
-        deadline = None if timeout is None else time.monotonic() + timeout
-        pending = set(futures)
-        while pending:
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            _, pending = concurrent.futures.wait(
-                pending, timeout=remaining, return_when=concurrent.futures.FIRST_EXCEPTION
-            )
-            if pending and deadline is not None and time.monotonic() >= deadline:
-                running.cancel(timed_out=True)
-                concurrent.futures.wait(pending)  # cancelled: no thread keeps a connection
-                break
-            if outcome.failures and not allow_partial:
-                concurrent.futures.wait(pending)
-                break
+        # a failing shard cancels the others itself (run_group), so only the
+        # deadline is waited for here
+        _, pending = concurrent.futures.wait(futures, timeout=timeout)
+        if pending:
+            running.cancel(timed_out=True)
+            concurrent.futures.wait(pending)  # cancelled: no thread keeps a connection
         for future in futures:
             future.result()  # BaseExceptions (KeyboardInterrupt) propagate
     return _conclude(shards, outcome, running, timeout, allow_partial)

@@ -31,7 +31,8 @@ Row = tuple[Any, ...]
 Transform = Callable[[Any], Any]
 
 
-def _identity(value: Any) -> Any:
+def as_is(value: Any) -> Any:
+    """The comparison form of values that compare in Python as in the database: themselves."""
     return value
 
 
@@ -97,7 +98,7 @@ class SortKey:
     index: int
     descending: bool = False
     nulls_first: bool = False
-    transform: Transform = _identity
+    transform: Transform = as_is
     label: str = ""
 
     def describe(self) -> str:
@@ -110,7 +111,7 @@ class SortKey:
         transform = self.transform
         if self.descending:
             return lambda value: null_key if value is None else (1, _Reversed(transform(value)))
-        if transform is _identity:
+        if transform is as_is:
             return lambda value: null_key if value is None else (1, value)
         return lambda value: null_key if value is None else (1, transform(value))
 
@@ -171,7 +172,7 @@ class AggregateSlot:
     kind: str
     index: int
     sources: tuple[int, ...]
-    transform: Transform = _identity
+    transform: Transform = as_is
     label: str = ""
     # how a decimal AVG is rounded: to the scale of the shards' own AVG ("like",
     # MariaDB's fixed increment), or to the scale PostgreSQL's numeric division picks
@@ -246,10 +247,10 @@ class Aggregate:
 
     def _key_function(self) -> Callable[[Row], Any]:
         group = self.group
-        transforms = self.group_transforms or tuple(_identity for _ in group)
+        transforms = self.group_transforms or tuple(as_is for _ in group)
         if not group:
             return lambda row: ()
-        if all(transform is _identity for transform in transforms):
+        if all(transform is as_is for transform in transforms):
             # the common case, at C speed: a value (one key) or a tuple of values
             return operator.itemgetter(*group)
         pairs = list(zip(group, transforms, strict=True))
@@ -262,23 +263,6 @@ class Aggregate:
         return f"Aggregate {', '.join(parts)} GROUP BY {', '.join(self.group_labels)}"
 
 
-def _start(slot: AggregateSlot, row: Row) -> Any:
-    kind = slot.kind
-    if kind in ("min", "max") and len(slot.sources) == 2:
-        return [row[slot.sources[0]], row[slot.sources[1]]]
-    if kind in ("count", "sum", "min", "max", "any"):
-        return row[slot.sources[0]]
-    if kind == "avg":
-        total, count, shard_avg = (row[i] for i in slot.sources)
-        return [total, count or 0, shard_avg]
-    value = row[slot.sources[0]]
-    values: dict[Any, Any] = {}
-    if value is not None:
-        values[slot.transform(value)] = value
-    shard_result = row[slot.sources[1]] if len(slot.sources) > 1 else None
-    return [values, shard_result]
-
-
 def _is_plain(slot: AggregateSlot) -> bool:
     """Whether a slot's running state is its final value (count, sum, min, max, any)."""
     return slot.kind in ("count", "sum", "any") or (
@@ -287,18 +271,33 @@ def _is_plain(slot: AggregateSlot) -> bool:
 
 
 def _starter(slot: AggregateSlot) -> Callable[[Row], Any]:
-    """``_start`` for one slot, the plain kinds as an itemgetter."""
+    """A slot's state from a group's first row."""
+    sources = slot.sources
     if _is_plain(slot):
-        return operator.itemgetter(slot.sources[0])
-    return lambda row: _start(slot, row)
+        return operator.itemgetter(sources[0])
+    if slot.kind in ("min", "max"):  # compared by a sort key of its own: [value, key]
+        return lambda row: [row[sources[0]], row[sources[1]]]
+    if slot.kind == "avg":  # [sum, count, the shard's own AVG]
+        total_at, count_at, average_at = sources
+        return lambda row: [row[total_at], row[count_at] or 0, row[average_at]]
+    transform = slot.transform  # DISTINCT: [{comparison form: value}, the shard's result]
+
+    def distinct(row: Row) -> Any:
+        value = row[sources[0]]
+        values = {} if value is None else {transform(value): value}
+        return [values, row[sources[1]] if len(sources) > 1 else None]
+
+    return distinct
 
 
 def _stepper(slot: AggregateSlot) -> Callable[[Any, Row], Any]:
-    """``_step`` for one slot; the common kinds as small closures (the merge's inner loop)."""
-    kind, index = slot.kind, slot.sources[0]
-    simple = len(slot.sources) == 1 and slot.transform is _identity
+    """A slot's next state from a further row of its group (the merge's inner loop)."""
+    kind, sources, transform = slot.kind, slot.sources, slot.transform
+    index = sources[0]
     if kind == "count":
         return lambda state, row: state + row[index]
+    if kind == "any":  # EXISTS: true if true on any shard
+        return lambda state, row: state or row[index]
     if kind == "sum":
 
         def add(state: Any, row: Row) -> Any:
@@ -306,22 +305,30 @@ def _stepper(slot: AggregateSlot) -> Callable[[Any, Row], Any]:
             return state if value is None else value if state is None else state + value
 
         return add
-    if kind == "min" and simple:
+    if kind in ("min", "max") and len(sources) == 2:
+        key_at, smallest = sources[1], kind == "min"
 
-        def smaller(state: Any, row: Row) -> Any:
+        def by_key(state: Any, row: Row) -> Any:  # the database's sort key (WEIGHT_STRING)
+            key, best = row[key_at], state[1]
+            better = key is not None and (best is None or (key < best if smallest else best < key))
+            return [row[index], key] if better else state
+
+        return by_key
+    if kind in ("min", "max"):
+        smallest = kind == "min"
+
+        def extreme(state: Any, row: Row) -> Any:
             value = row[index]
-            return value if value is not None and (state is None or value < state) else state
+            if value is None:
+                return state
+            if state is None:
+                return value
+            new, old = transform(value), transform(state)
+            return value if (new < old if smallest else old < new) else state
 
-        return smaller
-    if kind == "max" and simple:
-
-        def larger(state: Any, row: Row) -> Any:
-            value = row[index]
-            return value if value is not None and (state is None or state < value) else state
-
-        return larger
+        return extreme
     if kind == "avg":
-        total_at, count_at, average_at = slot.sources
+        total_at, count_at, average_at = sources
         # the shards' own AVG lends its type, and (unless PostgreSQL's rule
         # decides) the finest scale any shard showed
         finest_scale = slot.division != "postgresql"
@@ -339,53 +346,16 @@ def _stepper(slot: AggregateSlot) -> Callable[[Any, Row], Any]:
             return state
 
         return average
-    return lambda state, row: _step(slot, state, row)
 
-
-def _add(left: Any, right: Any) -> Any:
-    if left is None:
-        return right
-    if right is None:
-        return left
-    return left + right
-
-
-def _step(slot: AggregateSlot, state: Any, row: Row) -> Any:
-    kind = slot.kind
-    if kind == "count":
-        return state + row[slot.sources[0]]
-    if kind == "any":  # EXISTS: true if true on any shard
-        return state or row[slot.sources[0]]
-    if kind == "sum":
-        return _add(state, row[slot.sources[0]])
-    if kind in ("min", "max") and len(slot.sources) == 2:
-        # compared by the database's sort key of the value (its WEIGHT_STRING)
-        value, key = row[slot.sources[0]], row[slot.sources[1]]
-        better = key is not None and (
-            state[1] is None or (key < state[1] if kind == "min" else state[1] < key)
-        )
-        return [value, key] if better else state
-    if kind in ("min", "max"):
-        value = row[slot.sources[0]]
-        if value is None:
-            return state
-        if state is None:
-            return value
-        new, old = slot.transform(value), slot.transform(state)
-        better = new < old if kind == "min" else old < new
-        return value if better else state
-    if kind == "avg":
-        total, count, shard_avg = (row[i] for i in slot.sources)
-        state[0] = _add(state[0], total)
-        state[1] += count or 0
-        state[2] = _more_precise(state[2], shard_avg)
+    def distinct(state: Any, row: Row) -> Any:
+        value = row[index]
+        if value is not None:
+            state[0].setdefault(transform(value), value)
+        if len(sources) > 1:
+            state[1] = _more_precise(state[1], row[sources[1]])
         return state
-    value = row[slot.sources[0]]
-    if value is not None:
-        state[0].setdefault(slot.transform(value), value)
-    if len(slot.sources) > 1:
-        state[1] = _more_precise(state[1], row[slot.sources[1]])
-    return state
+
+    return distinct
 
 
 def _more_precise(current: Any, new: Any) -> Any:
@@ -448,11 +418,10 @@ def _divide(total: Any, count: int, like: Any, division: str = "like") -> Any:
 
 
 def _finish(slot: AggregateSlot, state: Any) -> Any:
+    """The final value of a slot whose state is not its value (see ``_is_plain``)."""
     kind = slot.kind
-    if kind in ("min", "max") and len(slot.sources) == 2:
+    if kind in ("min", "max"):
         return state[0]
-    if kind in ("count", "sum", "min", "max", "any"):
-        return state
     if kind == "avg":
         total, count, shard_avg = state
         if not count or total is None:

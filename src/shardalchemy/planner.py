@@ -81,7 +81,7 @@ from .merge import (
     SortKey,
     Step,
     Transform,
-    _identity,
+    as_is,
     pad_space,
     run,
 )
@@ -163,17 +163,14 @@ class DatabaseFacts:
         family = "mysql" if self.dialect in ("mysql", "mariadb") else self.dialect
         if family == "mysql":
             if name == "binary" or (name is not None and "_nopad_bin" in name):
-                return _same
+                return as_is
             if name is not None and name.endswith("_bin"):
                 return pad_space  # binary order, but trailing spaces do not count
             return WEIGHT
             # any other collation: compared by the database's own WEIGHT_STRING()
         if name in _BINARY_COLLATIONS.get(family, ()):
-            return _same
+            return as_is
         return None
-
-
-_same = _identity  # comparison form of values that compare as they are
 
 
 def _by_weight_string(value: Any) -> Any:
@@ -361,11 +358,18 @@ def _explicit_collation(element: Any) -> str | None:
 class _Builder:
     """Collects hidden columns and slots while one statement is planned."""
 
-    def __init__(self, statement: Any, facts: DatabaseFacts, parameters: Mapping[str, Any]):
+    def __init__(
+        self,
+        statement: Any,
+        facts: DatabaseFacts,
+        parameters: Mapping[str, Any],
+        visible: list[Any] | None = None,
+    ):
         self.statement = statement
         self.facts = facts
         self.parameters = parameters
-        self.visible: list[Any] = _compat.raw_columns(statement)
+        # the result's columns: the select list as written (a UNION: its selected columns)
+        self.visible: list[Any] = _compat.raw_columns(statement) if visible is None else visible
         self.hidden: list[Any] = []
         self.counter = itertools.count()
         self.placeholder_transforms: dict[int, Transform] = {}
@@ -422,7 +426,7 @@ class _Builder:
         if isinstance(type_, sqltypes.JSON):
             raise refuse(f"{what} {_short(expression)}", "JSON values have no portable order")
         if not _text_like(expression):
-            return _same
+            return as_is
         collation = _explicit_collation(expression)
         transform = self.facts.text_transform(collation)
         if transform is None:
@@ -456,7 +460,7 @@ class _Builder:
         # padded to its length, as the collation compares (PAD SPACE): 'a' = 'a '
         padded = _compat.function("rpad", expression, length, literal(" "))
         weight = _compat.function("weight_string", padded)
-        return self.hidden_index(weight, "weight"), _same
+        return self.hidden_index(weight, "weight"), as_is
 
     def sort_keys(self, clauses: Sequence[Any], resolve: Callable[[Any], int]) -> list[SortKey]:
         keys = []
@@ -832,7 +836,7 @@ def _distinct(builder: _Builder) -> Distinct:
         if isinstance(column, ColumnElement):
             index, transform = builder.comparison(index, "DISTINCT")
         else:
-            transform = _same  # an ORM entity: one object per row identity
+            transform = as_is  # an ORM entity: one object per row identity
         indices.append(index)
         transforms.append(transform)
     return Distinct(tuple(indices), tuple(transforms))
@@ -1030,7 +1034,7 @@ class _Predicate:
         for side in (clause.left, clause.right):
             if isinstance(side, BindParameter):
                 continue
-            if _text_like(side) and self.builder.transform(side, "HAVING") is not _same:
+            if _text_like(side) and self.builder.transform(side, "HAVING") is not as_is:
                 raise refuse(f"HAVING {_short(clause)}", "it compares text under a collation")
 
     def operand(self, element: Any) -> Callable[[Row], Any]:
@@ -1139,34 +1143,27 @@ def _plan_compound(
                 "a UNION of SELECTs with aggregates, GROUP BY or LIMIT",
                 "each part would be computed per shard",
             )
-    columns = list(statement.selected_columns)
-    facts_builder = _Builder.__new__(_Builder)
-    facts_builder.statement = statement
-    facts_builder.facts = facts
-    facts_builder.parameters = parameters
-    facts_builder.visible = columns
-    facts_builder.hidden = []
-    facts_builder.counter = itertools.count()
+    builder = _Builder(statement, facts, parameters, list(statement.selected_columns))
 
     def resolve(expression: Any) -> int:
         name = _compat.label_reference_name(expression)
         if name is not None:
-            return facts_builder.by_label(name)
+            return builder.by_label(name)
         expression = _compat.unwrap_label_reference(expression)
-        index = facts_builder.visible_index(expression)
+        index = builder.visible_index(expression)
         if index is None:
             name = getattr(expression, "key", None) or getattr(expression, "name", None)
             if name is None:
                 raise refuse(f"ORDER BY {_short(expression)}", "it is not a column of the UNION")
-            return facts_builder.by_label(str(name))
+            return builder.by_label(str(name))
         return index
 
-    keys = facts_builder.sort_keys(_compat.order_by(statement), resolve)
+    keys = builder.sort_keys(_compat.order_by(statement), resolve)
     steps: list[Step] = []
     keyword = str(getattr(statement.keyword, "name", statement.keyword)).upper()
     if keyword == "UNION":
-        steps.append(_distinct(facts_builder))
-    limit, offset = facts_builder.limit_offset()
+        steps.append(_distinct(builder))
+    limit, offset = builder.limit_offset()
     shard_statement: Any = statement
     if limit is not None or offset:
         shard_statement = statement.limit(None if limit is None else limit + offset).offset(None)

@@ -97,9 +97,10 @@ class Route:
         explanation: Explanation | None = None,
         scatter: bool = False,
         plan: Any = None,
+        plan_error: Exception | None = None,
     ) -> None:
         self.plan = plan
-        self.plan_error: Exception | None = None
+        self.plan_error = plan_error
         self.shards: tuple[Any, ...] = tuple(shards)
         self._reason = reason
         self.statement = statement
@@ -123,6 +124,7 @@ class Route:
             explanation=self.explanation,
             scatter=self.scatter,
             plan=self.plan,
+            plan_error=self.plan_error,
         )
 
     def __iter__(self) -> Iterator[Any]:

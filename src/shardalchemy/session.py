@@ -141,14 +141,6 @@ class _FanOut:
             )
         return _FanOut(mode == "merge", timeout, bool(options["allow_partial"]), concurrency)
 
-    def as_options(self) -> dict[str, Any]:
-        return {
-            "cross_shard": "merge" if self.merge else "concatenate",
-            "shard_timeout": self.timeout,
-            "allow_partial": self.allow_partial,
-            "shard_concurrency": self.concurrency,
-        }
-
 
 class ShardedSession(horizontal_shard.ShardedSession):
     """A :class:`~sqlalchemy.orm.Session` over several shards.
@@ -183,15 +175,13 @@ class ShardedSession(horizontal_shard.ShardedSession):
         self.no_scatter = no_scatter
         """Refuse statements that would reach every shard (per statement: the
         ``no_scatter`` execution option overrides it)."""
-        self.fan_out_defaults = _FanOut.check(
-            {
-                "cross_shard": cross_shard,
-                "shard_timeout": shard_timeout,
-                "allow_partial": allow_partial,
-                "shard_concurrency": shard_concurrency,
-            },
-            "ShardedSession(...)",
-        )
+        self._fan_out_options = {
+            "cross_shard": cross_shard,
+            "shard_timeout": shard_timeout,
+            "allow_partial": allow_partial,
+            "shard_concurrency": shard_concurrency,
+        }
+        self.fan_out_defaults = _FanOut.check(self._fan_out_options, "ShardedSession(...)")
         """How multi-shard statements run unless an execution option says otherwise."""
         self.rules = None
         self._route_log: list[Route] | None = None
@@ -469,9 +459,7 @@ class ShardedSession(horizontal_shard.ShardedSession):
         if not _FanOut.NAMES.intersection(options):
             return self.fan_out_defaults
         given = {name: options[name] for name in _FanOut.NAMES if name in options}
-        return _FanOut.check(
-            {**self.fan_out_defaults.as_options(), **given}, "execution_options(...)"
-        )
+        return _FanOut.check({**self._fan_out_options, **given}, "execution_options(...)")
 
     def _plan(
         self, statement: Any, shards: Sequence[Any], parameters: Any = None, connect: bool = True
