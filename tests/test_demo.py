@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import URL
 
-from shardalchemy import ShardMap, cli, demo
+from shardalchemy import ShardMap, cli
+from shardalchemy.cli import demo
 
 PLACEMENTS = ["tables", "schema", "database"]
 

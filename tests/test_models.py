@@ -37,8 +37,9 @@ from shardalchemy import (
     UnknownShardKeyError,
     shard_table,
 )
-from shardalchemy._naming import ShardScopedName
-from shardalchemy.models import FollowRule, KeyRule, RuleBook, declaration_for
+from shardalchemy.sharding.scoped_names import ShardScopedName
+from shardalchemy.sharding.declarations import declaration_for
+from shardalchemy.sharding.rules import FollowRule, KeyRule, RuleBook
 
 SHARDS = ("asia", "europe")
 CONTINENTS = {"Asia": "asia", "Europe": "europe"}

@@ -18,7 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shardalchemy import Function, Hash, Lookup, Range, ShardMapError, Strategy
-from shardalchemy.strategies import as_strategy, stable_hash, stable_key_bytes
+from shardalchemy.sharding.strategies import as_strategy, stable_hash, stable_key_bytes
 
 # -- Lookup ---------------------------------------------------------------------------------
 
@@ -169,7 +169,7 @@ _SUBPROCESS_VALUES = [0, 1, -5, 2**40, "Tokyo", "", "日本", (3, "x")]
 
 _SUBPROCESS_CODE = """
 import json, sys
-from shardalchemy.strategies import Hash
+from shardalchemy.sharding.strategies import Hash
 values = [0, 1, -5, 2**40, "Tokyo", "", "日本", (3, "x")]
 hasher = Hash(buckets=1024)
 print(json.dumps({"buckets": [hasher.bucket_for(v) for v in values], "probe": hash("probe")}))

@@ -21,6 +21,7 @@ Example::
 from . import ids
 from .errors import (
     BulkWriteError,
+    ConfigurationError,
     CrossShardQueryError,
     MissingParentError,
     MissingShardKeyError,
@@ -37,16 +38,17 @@ from .errors import (
     UnknownShardKeyError,
 )
 from .inspection import StatementLog
-from .models import FollowParent, ShardKey, shard_table
-from .router import Explanation, Route, Router
-from .session import ShardedSession, assign_shard, set_shard_id
-from .shardmap import ShardMap
-from .strategies import Function, Hash, Lookup, Range, Strategy
+from .options import assign_shard, set_shard_id
+from .orm import ShardedResult, ShardedSession
+from .routing import Explanation, Route, Router
+from .sharding import FollowParent, Function, Hash, Lookup, Range, ShardKey, Strategy, shard_table
+from .topology import ShardMap
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BulkWriteError",
+    "ConfigurationError",
     "CrossShardQueryError",
     "Explanation",
     "FollowParent",
@@ -68,6 +70,7 @@ __all__ = [
     "ShardMapError",
     "ShardQueryError",
     "ShardTimeoutError",
+    "ShardedResult",
     "ShardedSession",
     "ShardingError",
     "StatementLog",

@@ -2,7 +2,24 @@
 
 Every error the library raises on purpose derives from :class:`ShardingError`,
 so ``except shardalchemy.ShardingError`` catches them all. Messages name the
-model, the attribute, the value and the shard involved, and say what to do.
+model, the attribute, the value and the shard involved, and say what to do::
+
+    ShardingError
+    ├── ConfigurationError         an option or setting has a value it cannot take
+    ├── ShardMapError              which shards exist, where they live
+    │   └── UnknownShardError      a shard name the shard map does not define
+    ├── ModelConfigurationError    a model's __sharding__ declaration
+    ├── ShardKeyError              a row's shard key gives no shard
+    │   ├── MissingShardKeyError
+    │   ├── UnknownShardKeyError
+    │   └── ShardKeyChangeError    a change that would move a row between shards
+    ├── MissingParentError         a follower without a parent
+    ├── RoutingError               a statement or identity that cannot be routed
+    │   └── ScatterQueryError      a scatter refused in no-scatter mode
+    ├── CrossShardQueryError       a construct no plan answers exactly
+    ├── BulkWriteError             a row a bulk write's database refused
+    └── ShardQueryError            a statement failed on a shard
+        └── ShardTimeoutError      ... or did not answer in time
 
 Example::
 
@@ -25,6 +42,14 @@ class ShardingError(Exception):
     """
 
     row_index: int | None = None
+
+
+class ConfigurationError(ShardingError):
+    """An option or setting has a value it cannot take.
+
+    Example: ``execution_options(shard_timeout=-1)``, ``cross_shard="sometimes"``,
+    ``bulk_batch_size=0``.
+    """
 
 
 class ShardMapError(ShardingError):
@@ -193,8 +218,21 @@ class ShardTimeoutError(ShardQueryError):
     """A shard did not answer within the statement's ``shard_timeout``."""
 
 
+def about_row(error: ShardingError, index: int, label: str) -> ShardingError:
+    """``error``, told that it concerns row ``index`` of the statement ``label``.
+
+    >>> str(about_row(RoutingError("no shard"), 3, "INSERT cities"))
+    'row 3 of INSERT cities: no shard'
+    """
+    error.row_index = index
+    if error.args and isinstance(error.args[0], str):
+        error.args = (f"row {index} of {label}: {error.args[0]}", *error.args[1:])
+    return error
+
+
 __all__ = [
     "BulkWriteError",
+    "ConfigurationError",
     "CrossShardQueryError",
     "MissingParentError",
     "MissingShardKeyError",

@@ -18,6 +18,8 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
+from ._sqlalchemy import drivers
+
 SHARD_OPTION = "shardalchemy_shard"
 """The execution option each shard's engine carries, naming its shard."""
 
@@ -43,9 +45,7 @@ class StatementLog:
         self.entries: list[ExecutedStatement] = []
         self._engines: list[Engine] = []
         for bind in shard_map.binds().values():
-            engine = getattr(bind, "_proxied", bind)
-            while hasattr(engine, "_proxied"):
-                engine = engine._proxied
+            engine = drivers.engine_of(bind)
             if all(engine is not seen for seen in self._engines):
                 self._engines.append(engine)
         self._lock = threading.Lock()

@@ -7,7 +7,7 @@ needed) and prints, step by step, which shards each statement touched and why.
 
     shardalchemy demo
     shardalchemy demo --placement schema --url postgresql+psycopg://postgres@127.0.0.1/demo
-    shardalchemy demo --placement database \\
+    shardalchemy demo --placement database \
         --url 'mysql+pymysql://root@127.0.0.1/weather_{shard}'
     shardalchemy explain myapp.models "select(City).where(City.continent == 'Asia')"
 
@@ -27,18 +27,15 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.padding import Padding
-from rich.table import Table
 from rich.text import Text
-from rich.tree import Tree
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
+from ..errors import ShardingError
+from ..topology.shard_map import ShardMap
 from . import demo
-from .errors import ShardingError
-from .router import Explanation
-from .shardmap import ShardMap
+from .render import reason_tree, render_step
 
 
 def _ensure_server_database(url: str) -> None:
@@ -85,38 +82,6 @@ def build_demo_shard_map(placement: str, url: str | None, workdir: Path) -> Shar
     return ShardMap.tables(url, demo.SHARDS)
 
 
-def _render_step(console: Console, number: int, step: demo.Step) -> None:
-    table = Table(title=f"Step {number}: {step.title}", title_justify="left", expand=True)
-    table.add_column("statement", style="cyan", no_wrap=True)
-    table.add_column("shards", style="magenta")
-    table.add_column("why")
-    for touch in step.touches:
-        table.add_row(touch.statement, ", ".join(touch.shards), touch.reason)
-    console.print(table)
-    for route in step.explanations:
-        if route.explanation is not None:
-            console.print(Text(f"  explain {route.statement}:", style="bold"))
-            console.print(Padding(_tree(route.explanation), (0, 0, 0, 4)))
-        if route.plan is not None:
-            console.print(Text(f"  plan of {route.statement} (merged in Python):", style="bold"))
-            plan = Text(str(route.plan), no_wrap=True, overflow="ellipsis")
-            console.print(Padding(plan, (0, 0, 0, 4)))
-    if step.sql_counts:
-        sent = ", ".join(f"{shard} x{count}" for shard, count in step.sql_counts.items())
-        console.print(Text(f"  SQL sent: {sent}", style="dim"))
-    for check in step.checks:
-        mark = (
-            Text("  PASS ", style="bold green")
-            if check.passed
-            else Text("  FAIL ", style="bold red")
-        )
-        line = mark + Text(check.description)
-        if check.detail and not check.passed:
-            line += Text(f"  (got {check.detail})", style="red")
-        console.print(line)
-    console.print()
-
-
 def run_demo(args: argparse.Namespace, console: Console) -> int:
     """Run the weather scenario and print it; the process exit code."""
     with tempfile.TemporaryDirectory(prefix="shardalchemy-demo-") as workdir:
@@ -131,7 +96,7 @@ def run_demo(args: argparse.Namespace, console: Console) -> int:
         counter = iter(range(1, 1000))
         try:
             steps = demo.run(
-                shard_map, on_step=lambda step: _render_step(console, next(counter), step)
+                shard_map, on_step=lambda step: render_step(console, next(counter), step)
             )
             if not args.keep:
                 shard_map.drop_all(demo.Base.metadata)
@@ -200,7 +165,7 @@ def run_explain(args: argparse.Namespace, console: Console) -> int:
     """Explain where a statement written in Python would run; nothing is executed."""
     import sqlalchemy
 
-    from .session import ShardedSession
+    from ..orm.session import ShardedSession
 
     namespace, shard_map = _load_models(args.models)
     for name in _EXPLAIN_NAMES:
@@ -220,26 +185,13 @@ def run_explain(args: argparse.Namespace, console: Console) -> int:
     console.print(f"shards: [magenta]{', '.join(map(str, route.shards))}[/magenta]")
     console.print(f"why: {route.reason}")
     if route.explanation is not None:
-        console.print(_tree(route.explanation))
+        console.print(reason_tree(route.explanation))
     if route.plan is not None:
         console.print("[bold]plan[/bold] (how the shards' rows are merged):")
         console.print(Text(str(route.plan)))
     if route.plan_error is not None:
         console.print(f"[bold red]refused[/bold red]: {route.plan_error}")
     return 0
-
-
-def _tree(explanation: Explanation, tree: Tree | None = None) -> Tree:
-    allowed = (
-        "all shards"
-        if explanation.shards is None
-        else ", ".join(sorted(map(str, explanation.shards))) or "no shard"
-    )
-    label = Text(explanation.text) + Text(f"  -> {allowed}", style="magenta")
-    node = Tree(label) if tree is None else tree.add(label)
-    for child in explanation.children:
-        _tree(child, node)
-    return node
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -289,7 +241,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SQLAlchemyError as error:
         console.print(f"[bold red]database error:[/bold red] {error}")
         return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

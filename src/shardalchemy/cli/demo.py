@@ -32,12 +32,12 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from .inspection import StatementLog
-from .models import FollowParent, ShardKey
-from .router import Route
-from .session import set_shard_id
-from .shardmap import ShardMap
-from .strategies import Lookup
+from ..inspection import StatementLog
+from ..options import set_shard_id
+from ..routing.route import Route
+from ..sharding.declarations import FollowParent, ShardKey
+from ..sharding.strategies import Lookup
+from ..topology.shard_map import ShardMap
 
 CONTINENT_SHARDS = {
     "North America": "north_america",

@@ -37,23 +37,20 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar
 
 from sqlalchemy import MetaData, create_engine, event, inspect, text
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.pool import SingletonThreadPool, StaticPool
 
-from . import _naming
-from .errors import ShardMapError, UnknownShardError
-from .inspection import SHARD_OPTION
-from .models import RuleBook
-from .planner import Planner
-from .router import Router
-
-if TYPE_CHECKING:
-    from sqlalchemy.orm import sessionmaker as SessionMakerType
-
-    from .session import ShardedSession
+from .._sqlalchemy import drivers
+from .._sqlalchemy.dialects import refresh_shard_dialect, shard_dialect
+from ..errors import ShardMapError, UnknownShardError
+from ..inspection import SHARD_OPTION
+from ..planning.planner import Planner
+from ..routing.router import Router
+from ..sharding.rules import RuleBook
+from .naming import physical_table_name
 
 PLACEMENTS = ("database", "schema", "tables")
 
@@ -108,14 +105,19 @@ class ShardMap:
         self.shard_names: tuple[str, ...] = _check_names(shard_names, self.placement)
         self._binds: dict[str, Engine] = {}
         self._lock = threading.RLock()
-        self.rules = RuleBook(self.shard_names)
+        self.rules = RuleBook(self.shard_names, unsharded_home=self._unsharded_home())
         """The resolved sharding rules of models and tables, checked against this map."""
-        self.router = Router(
-            self.rules, self.shard_names, unsharded_tables_once=self.placement == "tables"
-        )
+        self.router = Router(self.rules, self.shard_names)
         """Routes statements over this map's shards (pure; caches per statement shape)."""
         self.planner = Planner(self.rules)
         """Plans statements that run on several shards (pure; see shardalchemy.planner)."""
+
+    def _unsharded_home(self) -> str | None:
+        """The shard through which the one copy of each unsharded table is reached.
+
+        ``None`` (the default): every shard has its own copy.
+        """
+        return None
 
     # -- construction ----------------------------------------------------
     @staticmethod
@@ -254,7 +256,7 @@ class ShardMap:
         """The distinct engines (and so pools) behind the shards' binds."""
         engines: dict[int, Engine] = {}
         for bind in self._binds.values():
-            engine = getattr(bind, "_proxied", bind)
+            engine = drivers.engine_of(bind)
             engines.setdefault(id(engine), engine)
         return list(engines.values())
 
@@ -271,7 +273,7 @@ class ShardMap:
             await AsyncEngine(engine).dispose()
 
     # -- sessions ----------------------------------------------------------
-    def sessionmaker(self, **session_options: Any) -> SessionMakerType[ShardedSession]:
+    def sessionmaker(self, **session_options: Any) -> Any:
         """A :class:`~sqlalchemy.orm.sessionmaker` of sessions over this shard map.
 
         Example::
@@ -281,9 +283,7 @@ class ShardMap:
         """
         from sqlalchemy.orm import sessionmaker
 
-        from .session import ShardedSession
-
-        return sessionmaker(class_=ShardedSession, shard_map=self, **session_options)
+        return sessionmaker(class_=self._session_class(), shard_map=self, **session_options)
 
     def async_sessionmaker(self, **session_options: Any) -> Any:
         """An :class:`~sqlalchemy.ext.asyncio.async_sessionmaker` over this shard map.
@@ -293,11 +293,21 @@ class ShardMap:
         """
         from sqlalchemy.ext.asyncio import async_sessionmaker
 
-        from .session import ShardedSession
-
         return async_sessionmaker(
-            sync_session_class=ShardedSession, shard_map=self, **session_options
+            sync_session_class=self._session_class(), shard_map=self, **session_options
         )
+
+    session_class: ClassVar[type[Any] | None] = None
+    """The session class :meth:`sessionmaker` makes: ``shardalchemy.ShardedSession``.
+
+    Set by :mod:`shardalchemy.orm` when it is imported (``import shardalchemy``
+    imports it): the ORM room depends on the topology, never the reverse.
+    """
+
+    def _session_class(self) -> type[Any]:
+        if ShardMap.session_class is None:  # pragma: no cover - shardalchemy/__init__ sets it
+            raise ShardMapError("import shardalchemy (its ORM session) before sessionmaker()")
+        return ShardMap.session_class
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.placement} shards={list(self.shard_names)}>"
@@ -439,6 +449,10 @@ class TablesShardMap(_OneDatabaseShardMap):
             raise ShardMapError(f"table naming {naming!r} must contain {{shard}} and {{table}}")
         self.naming = naming
 
+    def _unsharded_home(self) -> str | None:
+        # one copy of each unsharded table, in the database every shard shares
+        return self.shard_names[0]
+
     def _setup_engine(self, engine: Engine) -> None:
         # The dialect learns server facts (version, quoting) in SQLAlchemy's
         # own "connect" listener on the first connection; this one is
@@ -450,13 +464,13 @@ class TablesShardMap(_OneDatabaseShardMap):
             nonlocal initialized
             if not initialized:
                 for bind in list(self._binds.values()):
-                    _naming.refresh_shard_dialect(bind.dialect, engine.dialect)
+                    refresh_shard_dialect(bind.dialect, engine.dialect)
                 initialized = True
 
     def _make_bind(self, shard: str) -> Engine:
         engine = self.engine
         bind = engine.execution_options(**{SHARD_OPTION: shard})
-        bind.dialect = _naming.shard_dialect(engine, shard, self.naming)
+        bind.dialect = shard_dialect(engine, shard, self.naming)
         return bind
 
     # ``checkfirst`` would look for the unprefixed names, so look ourselves
@@ -474,4 +488,4 @@ class TablesShardMap(_OneDatabaseShardMap):
         return f"tables named {self.naming.format(shard=shard, table='<table>')!r}"
 
     def table_name(self, table: Any, shard: str) -> str:
-        return _naming.physical_table_name(table, shard, self.naming)
+        return physical_table_name(table, shard, self.naming)

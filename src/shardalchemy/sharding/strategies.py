@@ -33,7 +33,8 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, cast
 
-from .errors import ShardMapError
+from ..errors import ShardMapError
+from ..ids.columns import generator_of
 
 
 class Strategy:
@@ -347,3 +348,32 @@ def as_strategy(
     raise ShardMapError(
         f"a shard-key strategy must be a Strategy, a dict or a callable, not {strategy!r}"
     )
+
+
+class IdStrategy(Strategy):
+    """Routes by a shard-aware ID: the shard is decoded from the ID itself.
+
+    Example::
+
+        IdStrategy(generator).shard_for(city.id)   # "europe"
+    """
+
+    def __init__(self, generator: Any) -> None:
+        self.generator = generator
+
+    def shard_for(self, value: Any) -> str | None:
+        try:
+            shard: str = self.generator.shard_of(value)
+        except Exception:  # not an ID of this layout: it proves nothing
+            return None
+        return shard
+
+    def describe(self) -> str:
+        return "shard-aware ID"
+
+
+def id_strategy_of(column: Any) -> IdStrategy | None:
+    generator = generator_of(column)
+    if generator is None or not getattr(generator, "encodes_shard", False):
+        return None
+    return IdStrategy(generator)

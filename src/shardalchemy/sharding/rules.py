@@ -1,171 +1,34 @@
-"""Which model (or table) is sharded by what, and which follows which parent.
+"""Resolved sharding rules: one rule class per kind of table.
 
-A model declares its sharding in one class attribute, ``__sharding__``:
+- :class:`KeyRule`: a table sharded by one of its columns (``ShardKey``);
+- :class:`FollowRule`: a table whose rows live on their parent's shard
+  (``FollowParent``);
+- :class:`UnshardedRule`: a table that is not sharded, and where its rows live.
 
-- :class:`ShardKey` names the attribute holding the shard key and the
-  strategy that turns its value into a shard;
-- :class:`FollowParent` names a many-to-one relationship: the model's rows
-  live on the shard of their parent row and have no shard key of their own.
-
-Example::
-
-    class WeatherLocation(Base):
-        __tablename__ = "weather_locations"
-        __sharding__ = ShardKey("continent", Lookup({"Asia": "asia", ...}))
-        ...
-
-    class Report(Base):
-        __tablename__ = "weather_reports"
-        __sharding__ = FollowParent("location")
-        location: Mapped[WeatherLocation] = relationship(back_populates="reports")
-
-A Core table is sharded with :func:`shard_table`.  Models without
-``__sharding__`` are not sharded: every shard has its own rows of them.
+The :class:`RuleBook` resolves a shard map's declarations into rules once and
+answers, for any table or mapper, which rule applies.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import weakref
-from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from sqlalchemy import Column, ColumnElement, FromClause, Table, event
+from sqlalchemy import Column, ColumnElement, FromClause, Table
 from sqlalchemy.orm import Mapper, RelationshipProperty
 from sqlalchemy.orm.interfaces import MANYTOMANY, MANYTOONE, ONETOMANY
 
-from . import _naming
-from .errors import (
+from ..errors import (
     MissingShardKeyError,
     ModelConfigurationError,
     UnknownShardError,
     UnknownShardKeyError,
 )
-from .strategies import Strategy, as_strategy
+from .declarations import SHARDING_INFO_KEY, ShardKey, declaration_for, sharded_mappers
+from .strategies import Strategy
 
-_INFO_KEY = "shardalchemy.sharding"
 _DIRECTION_WORDS = {ONETOMANY: "one-to-many", MANYTOMANY: "many-to-many", MANYTOONE: "many-to-one"}
-
-
-@dataclasses.dataclass(frozen=True, init=False)
-class ShardKey:
-    """Shard a model (or table) by the value of one attribute.
-
-    ``strategy`` is a :class:`~shardalchemy.strategies.Strategy`, or a plain
-    dict (a lookup) or callable (a function).
-
-    Example::
-
-        __sharding__ = ShardKey("continent", {"Asia": "asia", "Europe": "europe"})
-    """
-
-    attribute: str
-    strategy: Strategy
-
-    def __init__(
-        self,
-        attribute: str,
-        strategy: Strategy | Mapping[Any, str] | Callable[[Any], str | None],
-    ) -> None:
-        if not isinstance(attribute, str) or not attribute:
-            raise ModelConfigurationError(f"ShardKey needs an attribute name, not {attribute!r}")
-        object.__setattr__(self, "attribute", attribute)
-        object.__setattr__(self, "strategy", as_strategy(strategy))
-
-
-@dataclasses.dataclass(frozen=True)
-class FollowParent:
-    """Keep a model's rows on the shard of their parent, via a many-to-one relationship.
-
-    Example::
-
-        __sharding__ = FollowParent("location")
-    """
-
-    relationship: str
-
-
-Declaration = ShardKey | FollowParent
-
-
-def shard_table(table: Table, key: ShardKey) -> Table:
-    """Shard a Core :class:`~sqlalchemy.Table` by one of its columns.
-
-    ``key.attribute`` is the column's key.  Returns the table.
-
-    Example::
-
-        events = shard_table(Table("events", metadata, ...), ShardKey("tenant_id", Hash()))
-    """
-    if not isinstance(key, ShardKey):
-        raise ModelConfigurationError(
-            f"shard_table({table.name!r}) needs a ShardKey; followers are declared on models"
-        )
-    if key.attribute not in table.c:
-        raise ModelConfigurationError(
-            f"table {table.name!r} has no column {key.attribute!r} to use as its shard key"
-        )
-    existing = table.info.get(_INFO_KEY)
-    if existing is not None and existing != key:
-        raise ModelConfigurationError(
-            f"table {table.name!r} already has shard key {existing!r}; a table has one shard key"
-        )
-    table.info[_INFO_KEY] = key
-    _naming.scope_table_names(table)
-    return table
-
-
-def declaration_for(mapper: Mapper[Any]) -> Declaration | None:
-    """The ``__sharding__`` declaration that applies to ``mapper``'s class, if any."""
-    declarations = [
-        (klass, klass.__dict__["__sharding__"])
-        for klass in mapper.class_.__mro__
-        if "__sharding__" in klass.__dict__ and klass.__dict__["__sharding__"] is not None
-    ]
-    if not declarations:
-        return None
-    owner, declaration = declarations[0]
-    if isinstance(declaration, list | tuple | set):
-        raise ModelConfigurationError(
-            f"{owner.__name__}.__sharding__ declares {len(declaration)} shard keys; a model "
-            "has exactly one ShardKey or one FollowParent"
-        )
-    if not isinstance(declaration, ShardKey | FollowParent):
-        raise ModelConfigurationError(
-            f"{owner.__name__}.__sharding__ must be a ShardKey or FollowParent, not {declaration!r}"
-        )
-    for other_owner, other in declarations[1:]:
-        other_mapper = getattr(other_owner, "__mapper__", None)  # None for an unmapped mixin
-        other_table = getattr(other_mapper, "local_table", None)
-        if other != declaration and mapper.local_table is other_table:
-            raise ModelConfigurationError(
-                f"{owner.__name__} declares {declaration!r} but its base {other_owner.__name__} "
-                f"declares {other!r} for the same table; a table has one shard key"
-            )
-    return declaration
-
-
-# table -> the sharded mappers of that table, base first (single-table
-# inheritance maps several classes to one table)
-_SHARDED_MAPPERS: weakref.WeakKeyDictionary[Table, list[Mapper[Any]]] = weakref.WeakKeyDictionary()
-
-
-@event.listens_for(Mapper, "after_mapper_constructed")
-def _scope_sharded_tables(mapper: Mapper[Any], class_: type) -> None:
-    # the table-name markers must be in place before anything compiles
-    declared = any(vars(klass).get("__sharding__") is not None for klass in class_.__mro__)
-    if declared and isinstance(mapper.local_table, Table):
-        _naming.scope_table_names(mapper.local_table)
-        _SHARDED_MAPPERS.setdefault(mapper.local_table, []).append(mapper)
-
-
-def sharded_mappers(tables: Iterable[Table]) -> list[Mapper[Any]]:
-    """The mappers of the sharded models mapped to ``tables``."""
-    return [mapper for table in tables for mapper in _SHARDED_MAPPERS.get(table, ())]
-
-
-# -- resolved rules -------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,6 +62,11 @@ class KeyRule:
             )
         return shard
 
+    def protected_names(self) -> dict[str, str]:
+        """Names whose assignment would move a row (attribute and column key) -> as shown."""
+        shown = f"its shard key {self.attribute}"
+        return {self.attribute: shown, str(self.column.key): shown}
+
 
 @dataclasses.dataclass(frozen=True)
 class FollowRule:
@@ -208,6 +76,17 @@ class FollowRule:
     table: FromClause
     relationship: RelationshipProperty[Any]
     parent: Rule
+
+    def protected_names(self) -> dict[str, str]:
+        """Names whose assignment would move a row (foreign-key attributes and columns) -> shown."""
+        relationship = self.relationship
+        names: dict[str, str] = {}
+        for local, _ in relationship.local_remote_pairs or ():
+            shown = f"{local.key}, the foreign key it follows its parent by"
+            names[str(local.key)] = shown
+            prop = relationship.parent.get_property_by_column(local)
+            names[prop.key] = shown
+        return names
 
     @property
     def root(self) -> KeyRule:
@@ -219,6 +98,26 @@ class FollowRule:
 
 
 Rule = KeyRule | FollowRule
+"""The rule of a sharded table: by its own key, or by its parent's."""
+
+
+@dataclasses.dataclass(frozen=True)
+class UnshardedRule:
+    """A table that is not sharded, and where its rows live.
+
+    ``home`` is the shard whose connection reaches the table's only copy (the
+    ``tables`` placement keeps one copy of every unsharded table, in the
+    database all shards share), or ``None`` when every shard has a copy of its
+    own (the ``database`` and ``schema`` placements): a statement or an
+    object must then say which shard it means.
+
+    Example::
+
+        rules.unsharded("settings").home   # "asia" (tables placement), or None
+    """
+
+    name: str
+    home: str | None
 
 
 class RuleBook:
@@ -229,8 +128,11 @@ class RuleBook:
     map's shard names.
     """
 
-    def __init__(self, shard_names: tuple[str, ...]) -> None:
+    def __init__(self, shard_names: tuple[str, ...], *, unsharded_home: str | None = None) -> None:
         self.shard_names = shard_names
+        # where the topology keeps unsharded tables: one copy reached through
+        # this shard, or (None) a copy on every shard
+        self.unsharded_home = unsharded_home
         self._by_mapper: dict[Mapper[Any], Rule | None] = {}
         self._by_table: dict[Any, Rule | None] = {}
 
@@ -245,6 +147,10 @@ class RuleBook:
         if rule is not None:
             self._by_table.setdefault(rule.table, rule)
         return rule
+
+    def unsharded(self, name: str) -> UnshardedRule:
+        """The rule of a table (or model) named ``name`` that is not sharded."""
+        return UnshardedRule(name, self.unsharded_home)
 
     def check(self, metadata: Any) -> list[Rule]:
         """Resolve the rules of every sharded model and table in ``metadata``.
@@ -262,11 +168,11 @@ class RuleBook:
             return self._by_table[table]
         except (KeyError, TypeError):
             pass
-        mappers = _SHARDED_MAPPERS.get(table) if isinstance(table, Table) else None
+        mappers = sharded_mappers([table]) if isinstance(table, Table) else None
         if mappers:
             return self.for_mapper(mappers[0])
         rule: Rule | None = None
-        declaration = getattr(table, "info", {}).get(_INFO_KEY)
+        declaration = getattr(table, "info", {}).get(SHARDING_INFO_KEY)
         if isinstance(declaration, ShardKey):
             rule = self._key_rule(str(table.name), table, declaration)
         with contextlib.suppress(TypeError):  # an unhashable FROM is simply not cached

@@ -41,17 +41,20 @@ from typing import Any
 
 from sqlalchemy.util import await_only, greenlet_spawn
 
-from . import _compat
-from .errors import ShardQueryError, ShardTimeoutError
-from .planner import DatabaseFacts
+from .._sqlalchemy import drivers
+from ..errors import ShardQueryError, ShardTimeoutError
+from .cancellation import Cancelled, Running
 
 _pools_lock = threading.Lock()
+
+
 _pools: weakref.WeakKeyDictionary[Any, concurrent.futures.ThreadPoolExecutor] = (
     weakref.WeakKeyDictionary()
 )
+
+
 # how long cancelled statements get to stop before their asyncio tasks are cancelled
 _CANCEL_GRACE_SECONDS = 10.0
-_facts: weakref.WeakKeyDictionary[Any, DatabaseFacts] = weakref.WeakKeyDictionary()
 
 
 def thread_pool(owner: Any, size: int) -> concurrent.futures.ThreadPoolExecutor:
@@ -67,138 +70,12 @@ def thread_pool(owner: Any, size: int) -> concurrent.futures.ThreadPoolExecutor:
         return pool
 
 
-def dialect_facts(engine: Any) -> DatabaseFacts:
-    """What the dialect alone tells, without connecting (what was asked before, if anything).
-
-    The database's collation is unknown without asking it, so text keys are
-    refused on PostgreSQL and MariaDB unless their collation is explicit.
-    """
-    known = _facts.get(engine)
-    if known is not None:
-        return known
-    dialect = engine.dialect.name
-    return DatabaseFacts(dialect, nulls_high=dialect not in ("sqlite", "mysql", "mariadb"))
-
-
-def database_facts(connection: Any) -> DatabaseFacts:
-    """What the planner needs to know about a shard's database (asked once per engine)."""
-    engine = connection.engine
-    facts = _facts.get(engine)
-    if facts is not None:
-        return facts
-    dialect = connection.dialect.name
-    if dialect == "postgresql":
-        collation = _ask(
-            connection, "SELECT datcollate FROM pg_database WHERE datname = current_database()"
-        )
-        facts = DatabaseFacts(dialect, nulls_high=True, default_collation=str(collation).lower())
-    elif dialect in ("mysql", "mariadb"):
-        collation = _ask(connection, "SELECT @@collation_database")
-        facts = DatabaseFacts(dialect, nulls_high=False, default_collation=str(collation).lower())
-    elif dialect == "sqlite":
-        facts = DatabaseFacts(dialect, nulls_high=False)
-    else:
-        # unknown databases: NULL placement and text order unknown, so no
-        # text keys, and NULLs as the SQL standard leaves them (high, as
-        # Oracle and PostgreSQL do)
-        facts = DatabaseFacts(dialect, nulls_high=True, default_collation="unknown")
-    _facts[engine] = facts
-    return facts
-
-
-def _ask(connection: Any, sql: str) -> Any:
-    """One value, asked on the driver's own cursor: not the user's statement, so no events
-    (statement logs and hooks see only what the user's statements send)."""
-    cursor = connection.connection.cursor()
-    try:
-        cursor.execute(sql)
-        row = cursor.fetchone()
-    finally:
-        cursor.close()
-    return row[0] if row else None
-
-
 @dataclasses.dataclass
 class Outcome:
     """Per-shard results (in the order of the shards asked for) and per-shard failures."""
 
     results: dict[Any, Any]
     failures: dict[Any, BaseException]
-
-
-class _Running:
-    """The shards whose statement is running now, so they can be cancelled."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._now: dict[Any, Any] = {}
-        self.cancelled = False
-        self.timed_out = False
-
-    @contextlib.contextmanager
-    def on(self, shard: Any, connection: Any) -> Iterator[None]:
-        with self._lock:
-            if self.cancelled:
-                raise _Cancelled()
-            self._now[shard] = connection
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._now.pop(shard, None)
-
-    def cancel(self, *, timed_out: bool = False) -> None:
-        with self._lock:
-            if self.cancelled:
-                return
-            self.cancelled = True
-            self.timed_out = timed_out
-            running = list(self._now.values())
-        for connection in running:
-            _cancel_query(connection)
-
-
-class _Cancelled(Exception):
-    """A shard's statement did not start: the fan-out was cancelled first."""
-
-
-def _cancel_query(connection: Any) -> None:
-    """Ask the database to stop what ``connection`` runs now (best effort).
-
-    Server-side, so the statement fails with the database's own "cancelled"
-    error and the connection stays usable (cancelling an asyncio task instead
-    would make SQLAlchemy invalidate the connection).  Callable from any
-    thread; inside AsyncSession, from a greenlet.
-    """
-    try:
-        dbapi_connection = connection.connection.dbapi_connection
-        driver = getattr(dbapi_connection, "driver_connection", dbapi_connection)
-        name = connection.dialect.name
-        if name == "sqlite":
-            driver = getattr(driver, "_conn", driver)  # aiosqlite wraps a sqlite3 connection
-            driver.interrupt()
-        elif name == "postgresql":
-            if hasattr(driver, "cancel_safe") and not connection.dialect.is_async:
-                driver.cancel_safe()  # psycopg >= 3.2: the protocol's cancel request
-            else:
-                pid = driver.get_server_pid() if hasattr(driver, "get_server_pid") else None
-                pid = pid if pid is not None else driver.info.backend_pid
-                _on_other_connection(connection, f"SELECT pg_cancel_backend({int(pid)})")
-        elif name in ("mysql", "mariadb"):
-            thread_id = driver.thread_id()
-            _on_other_connection(connection, f"KILL QUERY {int(thread_id)}")
-    except Exception:  # the query may have just finished; nothing to cancel then
-        pass
-
-
-def _on_other_connection(connection: Any, sql: str) -> None:
-    other = connection.engine.raw_connection()
-    try:
-        cursor = other.cursor()
-        cursor.execute(sql)
-        cursor.close()
-    finally:
-        other.close()
 
 
 def fan_out(
@@ -226,7 +103,7 @@ def fan_out(
         groups = [list(shards)]
     if concurrency is not None and concurrency < len(groups):
         groups = _fold(groups, concurrency)
-    running = _Running()
+    running = Running()
     outcome = Outcome({}, {})
 
     def run_group(group: list[Any]) -> None:
@@ -239,14 +116,14 @@ def fan_out(
                 outcome.failures[shard] = error
                 if not allow_partial:
                     running.cancel()
-                if isinstance(error, _Cancelled | Exception):
+                if isinstance(error, Cancelled | Exception):
                     if not allow_partial:
                         return  # the group's other shards are cancelled too
                     continue
                 raise
 
     is_async = any(connection.dialect.is_async for connection in connections.values())
-    if is_async and _compat.in_greenlet():
+    if is_async and drivers.in_greenlet():
         _run_async(
             groups,
             run_group,
@@ -279,7 +156,7 @@ def fan_out(
 def _conclude(
     shards: Sequence[Any],
     outcome: Outcome,
-    running: _Running,
+    running: Running,
     timeout: float | None,
     allow_partial: bool,
 ) -> Outcome:
@@ -288,7 +165,7 @@ def _conclude(
         error = outcome.failures.get(shard)
         if error is None:
             continue
-        if running.timed_out and (isinstance(error, _Cancelled) or _compat.is_cancellation(error)):
+        if running.timed_out and (isinstance(error, Cancelled) or drivers.is_cancellation(error)):
             error = ShardTimeoutError(
                 f"shard {shard!r} did not answer within shard_timeout={timeout}s; its "
                 "statement was cancelled",
@@ -308,7 +185,7 @@ def _failure(shards: Sequence[Any], failures: dict[Any, BaseException]) -> Shard
     # the first real failure, not a shard cancelled because of it
     def cause_rank(shard: Any) -> int:
         error = failures[shard]
-        return 1 if isinstance(error, _Cancelled) or _compat.is_cancellation(error) else 0
+        return 1 if isinstance(error, Cancelled) or drivers.is_cancellation(error) else 0
 
     first = min(failures, key=lambda shard: (cause_rank(shard), list(shards).index(shard)))
     cause = failures[first]
@@ -365,7 +242,7 @@ def _savepoint(connection: Any, wanted: bool) -> Iterator[None]:
     if not wanted:
         yield
         return
-    _compat.ensure_transaction_begun(connection)
+    drivers.ensure_transaction_begun(connection)
     savepoint = connection.begin_nested()
     try:
         yield
@@ -376,7 +253,7 @@ def _savepoint(connection: Any, wanted: bool) -> Iterator[None]:
     savepoint.commit()
 
 
-def _deadline_timer(running: _Running, timeout: float | None) -> threading.Timer | None:
+def _deadline_timer(running: Running, timeout: float | None) -> threading.Timer | None:
     if timeout is None:
         return None
     timer = threading.Timer(timeout, running.cancel, kwargs={"timed_out": True})
@@ -388,7 +265,7 @@ def _deadline_timer(running: _Running, timeout: float | None) -> threading.Timer
 def _run_async(
     groups: list[list[Any]],
     run_group: Callable[[list[Any]], None],
-    running: _Running,
+    running: Running,
     timeout: float | None,
     stop_early: Callable[[], bool],
 ) -> None:

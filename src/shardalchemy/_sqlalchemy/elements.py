@@ -1,0 +1,66 @@
+"""Private SQLAlchemy details of SQL expression elements (since SQLAlchemy 2.0).
+
+Annotations, anonymous bind names, label references and the memoized cache
+key have no public accessors; the router and the planner read them here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def plain(element: Any) -> Any:
+    """``element`` without ORM annotations (annotated copies hash and compare differently)."""
+    deannotate = getattr(element, "_deannotate", None)
+    return (
+        deannotate()
+        if deannotate is not None and getattr(element, "_annotations", None)
+        else element
+    )
+
+
+def is_anonymous_key(key: Any) -> bool:
+    """Whether a bind parameter's key is anonymous (SQLAlchemy names it at compile time)."""
+    from sqlalchemy.sql.elements import _anonymous_label
+
+    return isinstance(key, _anonymous_label)
+
+
+def label_reference_name(element: Any) -> str | None:
+    """The label name an ORDER BY / GROUP BY ``"name"`` string refers to, or ``None``."""
+    from sqlalchemy.sql.elements import _textual_label_reference
+
+    if isinstance(element, _textual_label_reference):
+        return str(element.element)
+    return None
+
+
+def unwrap_label_reference(element: Any) -> Any:
+    """The expression behind an ORDER BY / GROUP BY reference to a labelled column."""
+    from sqlalchemy.sql.elements import _label_reference
+
+    while isinstance(element, _label_reference):
+        element = element.element
+    return element
+
+
+def is_distinct(argument: Any) -> bool:
+    """Whether an aggregate's argument is ``DISTINCT x`` (``distinct(x)`` / ``x.distinct()``)."""
+    from sqlalchemy.sql import operators
+    from sqlalchemy.sql.elements import UnaryExpression
+
+    return isinstance(argument, UnaryExpression) and argument.operator is operators.distinct_op
+
+
+def function(name: str, *arguments: Any) -> Any:
+    """``func.<name>(*arguments)``."""
+    from sqlalchemy import func
+
+    return getattr(func, name)(*arguments)
+
+
+def bind_value(bind: Any, parameters: Any) -> Any:
+    """The value a bound parameter has in this execution."""
+    if parameters and bind.key in parameters:
+        return parameters[bind.key]
+    return bind.effective_value

@@ -1,0 +1,130 @@
+"""Private SQLAlchemy details of ``Result`` objects (since SQLAlchemy 2.0).
+
+A merged multi-shard result is a SQLAlchemy ``IteratorResult`` built from the
+metadata of one shard's result; reading ORM rows without building ``Row``
+objects, and the cursor rows they came from, needs the semi-private result
+internals named here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from sqlalchemy.engine.result import IteratorResult
+
+
+def requires_unique(result: Any) -> bool:
+    """Whether an ORM result must be uniqued (joined eager loading of a collection)."""
+    return getattr(result, "_unique_filter_state", None) is not None
+
+
+class ShardedResult(IteratorResult):  # type: ignore[type-arg]
+    """The merged result of a multi-shard SELECT: a SQLAlchemy ``Result``.
+
+    ``failed_shards`` maps each shard that failed (only with
+    ``allow_partial=True``) to its error; it is empty otherwise.
+    """
+
+    failed_shards: dict[Any, BaseException]
+
+    def __init__(self, metadata: Any, rows: Any, sources: list[Any]) -> None:
+        super().__init__(metadata, rows)
+        self._sources = sources
+        self.failed_shards = {}
+
+    def _soft_close(self, hard: bool = False, **kw: Any) -> None:
+        for source in self._sources:
+            source._soft_close(hard=hard, **kw)
+        super()._soft_close(hard=hard, **kw)
+
+
+def merged_result(
+    template: Any, rows: Any, sources: list[Any], visible: int | None, single_entity: bool
+) -> Any:
+    """A Result yielding ``rows`` (tuples) shaped like ``template`` minus hidden columns.
+
+    ``template`` is one shard's result of the per-shard statement: its keys
+    and column objects (``row._mapping[City.name]``) are kept, its type
+    processors are not (the rows are already processed), and columns from
+    ``visible`` on are hidden.  ORM attributes the legacy ``Query`` reads
+    (single entity, uniquing) are those of the user's statement.
+    """
+    metadata = template._metadata._for_freeze()
+    if visible is not None:
+        metadata = metadata._reduce(list(range(visible)))
+    result = ShardedResult(metadata, rows, sources)
+    result._unique_filter_state = template._unique_filter_state
+    result._yield_per = template._yield_per
+    result._attributes = template._attributes.union({"is_single_entity": single_entity})
+    return result
+
+
+def rows_with_columns(result: Any, columns: tuple[Any, ...]) -> Iterator[tuple[Any, ...]] | None:
+    """An ORM result's rows as tuples, each followed by ``columns`` of the row it was loaded from.
+
+    The ORM builds each entity row from one row of the underlying
+    ``CursorResult`` (``result.raw``), which it fetches in batches through
+    ``_raw_all_tuples()`` (``_raw_all_rows()`` before SQLAlchemy 2.1) or
+    ``fetchmany()``: those methods are wrapped on this one result so each
+    batch is kept until its entity rows are read.  Returns ``None`` when the
+    rows cannot be paired (no cursor result, uniquing, an unknown column, a
+    result already fetched): the caller then selects the columns instead.
+    """
+    import collections
+
+    raw = getattr(result, "raw", None)
+    metadata = getattr(raw, "_metadata", None)
+    if raw is None or metadata is None or requires_unique(result) or raw.closed:
+        return None
+    try:
+        indices = [metadata._index_for_key(column, True) for column in columns]
+    except Exception:
+        return None
+    if any(not isinstance(index, int) for index in indices):
+        return None
+    pending: collections.deque[Any] = collections.deque()
+    wrapped = 0
+    for name in ("_raw_all_tuples", "_raw_all_rows", "fetchmany"):
+        fetch = getattr(raw, name, None)
+        if fetch is None:
+            continue
+
+        def keeping(*args: Any, _fetch: Any = fetch, **kw: Any) -> Any:
+            rows = _fetch(*args, **kw)
+            pending.extend(rows)
+            return rows
+
+        setattr(raw, name, keeping)
+        wrapped += 1
+    if not wrapped:
+        return None
+
+    scalars = result._source_supports_scalars  # a single entity's raw rows are its objects
+
+    def rows() -> Iterator[tuple[Any, ...]]:
+        for row in result._raw_row_iterator():
+            source = pending.popleft()
+            keys = [source[index] for index in indices]
+            yield (row, *keys) if scalars else (*row, *keys)
+
+    return rows()
+
+
+def processed_rows(result: Any) -> Iterator[tuple[Any, ...]]:
+    """A shard result's rows as tuples of Python values, read lazily.
+
+    ORM results hold such tuples already (their raw rows are processed; a
+    single entity's are the objects themselves), so no ``Row`` is built per
+    row; a ``CursorResult``'s raw rows are the driver's, so its ``Row``s are.
+    """
+    from sqlalchemy.engine import CursorResult
+
+    if isinstance(result, CursorResult) or requires_unique(result):
+        if requires_unique(result):  # joined eager loading: one row per parent object
+            result = result.unique()
+        return (tuple(row) for row in result)
+    raw = result._raw_row_iterator()
+    if result._source_supports_scalars:
+        return ((value,) for value in raw)
+    return iter(raw)

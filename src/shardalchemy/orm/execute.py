@@ -1,0 +1,231 @@
+"""The session's ``do_orm_execute`` handler and its fast path: route, check, run on each shard."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, cast
+
+from sqlalchemy.ext import horizontal_shard
+from sqlalchemy.orm import ORMExecuteState
+
+from .._sqlalchemy import orm_execute, selects
+from .._sqlalchemy.results import merged_result, processed_rows, rows_with_columns
+from ..errors import RoutingError, ScatterQueryError
+from ..execution.fan_out import Outcome, fan_out
+from ..routing.route import Route
+from ..routing.tables import shard_key_hints, statement_label
+from ..writes.statements import NOT_HANDLED, execute_write
+from .guards import refuse_shard_key_assignment
+from .placement import colocated
+
+if TYPE_CHECKING:
+    from .session import ShardedSession
+
+
+def _explicit_shard(
+    session: ShardedSession, orm_context: ORMExecuteState
+) -> tuple[Any, str] | None:
+    """A shard the statement is pinned to by an option, a token or a lazy load."""
+    for option in orm_execute.orm_options(orm_context):
+        if isinstance(option, horizontal_shard.set_shard_id):
+            return option.shard_id, f"set_shard_id({option.shard_id!r})"
+    token = orm_execute.explicit_identity_token(orm_context)
+    if token is not None:
+        return token, f"identity token {token!r} (object loaded from that shard)"
+    options = orm_context.execution_options
+    if "_sa_shard_id" in options:
+        shard = options["_sa_shard_id"]
+        return shard, f"execution option _sa_shard_id={shard!r}"
+    bind_arguments = orm_context.bind_arguments
+    if "shard_id" in bind_arguments:
+        shard = bind_arguments["shard_id"]
+        return shard, f"bind_arguments shard_id={shard!r}"
+    if (
+        session.rules is not None
+        and orm_execute.on_loader_path(orm_context.statement)  # cheap: mostly False
+        and orm_context.is_relationship_load
+    ):
+        # a lazy load, or an eager loader's query run per shard of its parents
+        state = orm_execute.lazy_loaded_from(orm_context)
+        token = state.identity_token if state is not None else None
+        if token is None:
+            token = orm_execute.execution_identity_token(options)
+        path = orm_context.loader_strategy_path
+        relationship = path[-1] if path is not None and len(path) else None
+        if token is not None and colocated(session, relationship):
+            return token, f"{relationship} loads rows of the parent's shard {token}"
+    return None
+
+
+def execute_on_shards(orm_context: ORMExecuteState) -> Any:
+    """The session's ``do_orm_execute`` handler: route, check, run on each shard."""
+    session = cast("ShardedSession", orm_context.session)
+    statement = orm_context.statement
+    explicit = _explicit_shard(session, orm_context)
+    if explicit is not None:
+        shard, reason = explicit
+        session.check_shard(shard, reason)
+        route = Route((shard,), reason)
+    if not orm_context.is_select and (orm_context.is_insert or orm_context.is_update):
+        # INSERT rows and ORM UPDATE-by-primary-key rows are routed one by one
+        written = execute_write(session, orm_context, explicit)
+        if written is not NOT_HANDLED:
+            return written
+    if explicit is None:
+        if session.rules is not None and orm_context.is_update:
+            refuse_shard_key_assignment(session, orm_context)
+        shard = routed_shard(session, orm_context)
+        if shard is not None:
+            # the common case, one shard the router proved: go on on that shard
+            # as below, without building a Route that nobody reads
+            orm_context.bind_arguments["shard_id"] = shard
+            orm_context.update_execution_options(identity_token=shard)
+            return None
+        chosen = session.execute_chooser(orm_context)
+        if isinstance(chosen, Route):
+            route = chosen  # the router's shards come from the shard map
+        else:
+            shards = tuple(chosen)
+            route = Route(
+                shards, "execute_chooser", scatter=len(set(shards)) == len(session.shard_names)
+            )
+            for shard in route.shards:
+                session.check_shard(shard, "the execute chooser's result")
+        if not route.shards:
+            raise RoutingError(
+                f"the execute chooser chose no shard for {statement_label(statement)}; "
+                "it must return at least one shard name"
+            )
+        if len(route.shards) > 1:
+            _check_multi_shard(session, orm_context, route)
+    if session._route_log is not None:
+        session.record_route(route, statement)
+
+    if len(route.shards) == 1:
+        # one shard: let the session go on with this very execution, bound to
+        # that shard, rather than running the statement again nested
+        orm_context.bind_arguments["shard_id"] = route.shards[0]
+        orm_context.update_execution_options(identity_token=route.shards[0])
+        return None
+
+    return _run_on_shards(session, orm_context, route)
+
+
+def _run_on_shards(session: ShardedSession, orm_context: ORMExecuteState, route: Route) -> Any:
+    """A statement on several shards: planned, fanned out, its rows merged.
+
+    A SELECT gets one database's answer (see :mod:`shardalchemy.planner`);
+    with ``cross_shard="concatenate"``, and for UPDATE/DELETE, the shards'
+    results are concatenated (rowcounts summed), as SQLAlchemy's extension
+    does.  UPDATE/DELETE run one shard after another on the calling thread:
+    the ORM synchronizes the session's objects as each one returns.
+    """
+    options = orm_context.execution_options
+    shards = route.shards
+    settings = session._fan_out_settings(options)
+    plan = None
+    if orm_context.is_select and settings.merge:
+        plan = session._plan(orm_context.statement, shards, orm_context.parameters)
+        if plan.fallback is not None and options.get("prebuffer_rows"):
+            plan = plan.fallback  # AsyncSession loads the rows before they could be read
+
+    def run_everywhere(statement: Any) -> tuple[list[Any], Outcome]:
+        def run_on(shard: Any) -> Any:
+            return orm_context.invoke_statement(
+                statement=statement,
+                bind_arguments={"shard_id": shard},
+                execution_options={"identity_token": shard},
+            )
+
+        outcome = fan_out(
+            session,
+            shards,
+            run_on,
+            timeout=settings.timeout,
+            allow_partial=settings.allow_partial,
+            concurrency=settings.concurrency if orm_context.is_select else 1,
+            pool_owner=session.shard_map if session.shard_map is not None else session,
+        )
+        return [outcome.results[shard] for shard in shards if shard in outcome.results], outcome
+
+    results, outcome = run_everywhere(plan.statement if plan is not None else None)
+    if plan is None:
+        merged = results[0].merge(*results[1:])
+        merged.failed_shards = dict(outcome.failures)
+        return merged
+    streams = [_rows_of(result, plan.row_columns) for result in results]
+    if plan.fallback is not None and any(stream is None for stream in streams):
+        for result in results:  # rows that cannot be read: select the sort keys instead
+            result.close()
+        plan = plan.fallback
+        results, outcome = run_everywhere(plan.statement)
+        streams = [_rows_of(result, ()) for result in results]
+    rows = plan.merge(streams)
+    if options.get("prebuffer_rows"):  # AsyncSession: rows must be read inside its greenlet
+        rows = iter(list(rows))
+    result = merged_result(results[0], rows, results, plan.visible, plan.single_entity)
+    result.failed_shards = dict(outcome.failures)
+    return result
+
+
+def _rows_of(result: Any, row_columns: tuple[Any, ...]) -> Any:
+    """One shard's rows as plain tuples (ORM objects already loaded), read lazily.
+
+    With ``row_columns``, each row is followed by those columns of the row
+    its entities were loaded from (``None`` if they cannot be read).
+    """
+    if row_columns:
+        return rows_with_columns(result, row_columns)
+    return processed_rows(result)
+
+
+def _check_multi_shard(session: ShardedSession, orm_context: ORMExecuteState, route: Route) -> None:
+    """Refuse what must not run on several shards: scatters in no-scatter mode, INSERT."""
+    statement = orm_context.statement
+    if orm_context.is_insert:
+        raise RoutingError(
+            f"INSERT ... SELECT reaches shards {', '.join(map(str, route.shards))} "
+            f"({route.reason}); it runs on one shard only: add a shard-key predicate to its "
+            "SELECT or pin it with set_shard_id(...)"
+        )
+    no_scatter = orm_context.execution_options.get("no_scatter", session.no_scatter)
+    if no_scatter and route.scatter:
+        tables: list[str] = []
+        keys: list[str] = []
+        if session.rules is not None:
+            tables, keys = shard_key_hints(statement, session.rules)
+        tables = tables or [statement_label(statement)]
+        wanted = " or ".join(keys) or "the shard key"
+        raise ScatterQueryError(
+            f"{statement_label(statement)} would run on every shard ({route.reason}), and "
+            f"scatter queries are refused (no_scatter); add a predicate on {wanted} "
+            "(= or IN), pin it with set_shard_id(...), or allow this one with "
+            ".execution_options(no_scatter=False)",
+            tables=tables,
+            missing=keys,
+        )
+
+
+def plain_select(statement: Any) -> bool:
+    """A SELECT that is not a loader's, not pinned by ``set_shard_id``, with no token of its own."""
+    if not getattr(statement, "is_select", False) or orm_execute.on_loader_path(statement):
+        return False
+    if "identity_token" in getattr(statement, "_execution_options", ()):
+        return False  # the statement's own token would win over the routed one
+    return not any(
+        isinstance(option, horizontal_shard.set_shard_id)
+        for option in selects.statement_options(statement)
+    )
+
+
+def routed_shard(session: ShardedSession, orm_context: ORMExecuteState) -> Any:
+    """The one shard the declarative router proves for this execution, or ``None``.
+
+    The fast path of :func:`_execute_on_shards` for statements that reach the
+    hook: only when the execute chooser is the session's own router and no
+    route is being recorded.  ``None`` means "take the general path", never
+    "no shard".
+    """
+    if not session._own_router or session._route_log is not None:
+        return None
+    assert session.shard_map is not None
+    return session.shard_map.router.single_shard(orm_context.statement, orm_context.parameters)

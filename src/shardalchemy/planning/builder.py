@@ -1,0 +1,177 @@
+"""The per-shard statement being built: visible and hidden columns, sort keys, comparison forms."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import literal
+from sqlalchemy.sql import sqltypes
+from sqlalchemy.sql.elements import (
+    ColumnElement,
+)
+
+from .._sqlalchemy import elements, selects
+from ..merge.keys import SortKey, Transform, as_is
+from ..merge.steps import Distinct
+from .expressions import (
+    explicit_collation,
+    order_parts,
+    same_expression,
+    short,
+    strip,
+    text_like,
+    type_of,
+)
+from .facts import WEIGHT, DatabaseFacts
+from .refusals import refuse
+
+# a hidden column's label, unlikely to meet a user's
+_HIDDEN = "_shardalchemy_{}_{}"
+
+
+class Builder:
+    """Collects hidden columns and slots while one statement is planned."""
+
+    def __init__(
+        self,
+        statement: Any,
+        facts: DatabaseFacts,
+        parameters: Mapping[str, Any],
+        visible: list[Any] | None = None,
+    ):
+        self.statement = statement
+        self.facts = facts
+        self.parameters = parameters
+        # the result's columns: the select list as written (a UNION: its selected columns)
+        self.visible: list[Any] = selects.raw_columns(statement) if visible is None else visible
+        self.hidden: list[Any] = []
+        self.counter = itertools.count()
+        self.placeholder_transforms: dict[int, Transform] = {}
+
+    # positions of expressions in the per-shard row
+    def width(self) -> int:
+        return len(self.visible) + len(self.hidden)
+
+    def visible_index(self, expression: Any) -> int | None:
+        for index, column in enumerate(self.visible):
+            if not isinstance(column, ColumnElement):
+                continue  # an ORM entity: its columns are not one result column
+            if same_expression(column, expression):
+                return index
+        return None
+
+    def by_label(self, name: str) -> int:
+        for index, column in enumerate(self.visible):
+            if getattr(column, "name", None) == name or getattr(column, "key", None) == name:
+                return index
+        raise refuse(f"ORDER BY / GROUP BY {name!r}", "it names no column of the select list")
+
+    def hidden_index(self, expression: Any, kind: str) -> int:
+        for index, column in enumerate(self.hidden):
+            if same_expression(column, expression):
+                return len(self.visible) + index
+        label = _HIDDEN.format(kind, next(self.counter))
+        self.hidden.append(strip(expression).label(label))
+        return len(self.visible) + len(self.hidden) - 1
+
+    def index_of(self, expression: Any, kind: str) -> int:
+        reference = elements.label_reference_name(expression)
+        if reference is not None:
+            return self.by_label(reference)
+        expression = elements.unwrap_label_reference(expression)
+        index = self.visible_index(expression)
+        return index if index is not None else self.hidden_index(expression, kind)
+
+    def expression_at(self, index: int) -> Any:
+        if index < len(self.visible):
+            return self.visible[index]
+        return self.hidden[index - len(self.visible)]
+
+    def transform(self, expression: Any, what: str) -> Transform:
+        """How values of ``expression`` compare in the database; refuses what cannot be told."""
+        type_ = type_of(expression)
+        if isinstance(type_, sqltypes.Enum) and (
+            self.facts.dialect != "sqlite" and getattr(type_, "native_enum", False)
+        ):
+            raise refuse(
+                f"{what} {short(expression)}",
+                "a native ENUM orders by its declaration order, not by its labels",
+            )
+        if isinstance(type_, sqltypes.JSON):
+            raise refuse(f"{what} {short(expression)}", "JSON values have no portable order")
+        if not text_like(expression):
+            return as_is
+        collation = explicit_collation(expression)
+        transform = self.facts.text_transform(collation)
+        if transform is None:
+            shown = collation or self.facts.default_collation or "the default"
+            raise refuse(
+                f"{what} {short(expression)} under collation {shown}",
+                "shardalchemy compares text across shards in code-point order and cannot "
+                "reproduce this collation; use a binary collation "
+                "(e.g. .collate('utf8mb4_bin') on MariaDB, .collate('C') on PostgreSQL)",
+            )
+        return transform
+
+    def comparison(self, index: int, what: str) -> tuple[int, Transform]:
+        """Where to read the comparison form of the column at ``index``, and how to apply it.
+
+        Usually the column itself with a transform; for text under a collation
+        Python cannot reproduce, on MariaDB, a hidden ``WEIGHT_STRING()`` column:
+        the collation's own sort key, as bytes (Vitess compares the same way).
+        """
+        expression = strip(self.expression_at(index))
+        transform = self.transform(expression, what)
+        if transform is not WEIGHT:
+            return index, transform
+        length = getattr(type_of(expression), "length", None)
+        if not length:
+            raise refuse(
+                f"{what} {short(expression)}",
+                "text of no declared length under a collation that is not binary; give the "
+                "column a length (String(n)) or a binary collation",
+            )
+        # padded to its length, as the collation compares (PAD SPACE): 'a' = 'a '
+        padded = elements.function("rpad", expression, length, literal(" "))
+        weight = elements.function("weight_string", padded)
+        return self.hidden_index(weight, "weight"), as_is
+
+    def sort_keys(self, clauses: Sequence[Any], resolve: Callable[[Any], int]) -> list[SortKey]:
+        keys = []
+        for clause in clauses:
+            expression, descending, nulls_first = order_parts(clause)
+            if nulls_first is None:
+                nulls_first = descending if self.facts.nulls_high else not descending
+            index = resolve(expression)
+            if index < 0:  # a placeholder: read from the loaded rows (see _plan_rows_with)
+                transform = self.placeholder_transforms[index]
+            elif not isinstance(self.expression_at(index), ColumnElement):
+                raise refuse(f"ORDER BY {short(expression)}", "it does not name a column")
+            else:
+                index, transform = self.comparison(index, "ORDER BY")
+            keys.append(SortKey(index, descending, nulls_first, transform, short(expression)))
+        return keys
+
+    def limit_offset(self) -> tuple[int | None, int]:
+        limit, offset = selects.limit_offset(self.statement, self.parameters)
+        for name, value in (("LIMIT", limit), ("OFFSET", offset)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise refuse(
+                    f"{name} {short(value)}",
+                    "across shards LIMIT and OFFSET must be integers (literals or bound values)",
+                )
+        return limit, offset or 0
+
+
+def distinct_step(builder: Builder) -> Distinct:
+    indices, transforms = [], []
+    for index, column in enumerate(list(builder.visible)):
+        if isinstance(column, ColumnElement):
+            index, transform = builder.comparison(index, "DISTINCT")
+        else:
+            transform = as_is  # an ORM entity: one object per row identity
+        indices.append(index)
+        transforms.append(transform)
+    return Distinct(tuple(indices), tuple(transforms))

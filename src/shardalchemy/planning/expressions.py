@@ -1,0 +1,195 @@
+"""Looking at SQL expressions: labels stripped, aggregates found, types and collations read."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from sqlalchemy.sql import operators, sqltypes, visitors
+from sqlalchemy.sql.elements import (
+    BinaryExpression,
+    BooleanClauseList,
+    ClauseElement,
+    ClauseList,
+    ColumnElement,
+    Grouping,
+    Label,
+    UnaryExpression,
+)
+from sqlalchemy.sql.functions import FunctionElement
+from sqlalchemy.sql.selectable import FromClause, ScalarSelect, SelectBase
+
+from .._sqlalchemy import elements
+from .plan import sql_text
+
+# aggregates the planner merges; others it refuses (it cannot know every
+# user-defined aggregate: these are the ones databases ship)
+MERGEABLE = frozenset({"count", "sum", "min", "max", "avg"})
+
+
+UNMERGEABLE = frozenset(
+    {
+        "array_agg", "string_agg", "group_concat", "json_agg", "jsonb_agg", "json_object_agg",
+        "jsonb_object_agg", "json_arrayagg", "json_objectagg", "json_group_array",
+        "json_group_object", "xmlagg", "listagg", "bool_and", "bool_or", "every", "bit_and",
+        "bit_or", "bit_xor", "stddev", "stddev_pop", "stddev_samp", "std", "variance",
+        "var_pop", "var_samp", "median", "mode", "percentile_cont", "percentile_disc", "corr",
+        "covar_pop", "covar_samp", "regr_slope", "regr_intercept", "regr_count", "regr_r2",
+        "regr_avgx", "regr_avgy", "regr_sxx", "regr_syy", "regr_sxy", "total", "any_value",
+        "range_agg", "range_intersect_agg",
+    }
+)  # fmt: skip
+
+
+WINDOW_ONLY = frozenset(
+    {"row_number", "rank", "dense_rank", "percent_rank", "cume_dist", "ntile", "lag", "lead",
+     "first_value", "last_value", "nth_value"}
+)  # fmt: skip
+
+
+# functions whose result has the type of their (first) argument
+_TYPE_OF_ARGUMENTS = frozenset(
+    {"abs", "round", "floor", "ceil", "ceiling", "trunc", "truncate", "sign", "mod",
+     "greatest", "least", "coalesce", "nullif", "ifnull"}
+)  # fmt: skip
+
+
+def short(element: Any) -> str:
+    text = sql_text(element) if isinstance(element, ClauseElement) else str(element)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def strip(element: Any) -> Any:
+    """``element`` without labels, parentheses and one-element lists.
+
+    (GROUP BY keeps a function as a list of one anonymous label of it.)
+    """
+    while True:
+        if isinstance(element, Label | Grouping):
+            element = element.element
+        elif isinstance(element, ClauseList) and len(element.clauses) == 1:
+            element = element.clauses[0]
+        else:
+            return element
+
+
+def function_name(element: Any) -> str | None:
+    if isinstance(element, FunctionElement):
+        return str(getattr(element, "name", "")).lower()
+    return None
+
+
+def arguments_of(function: Any) -> list[Any]:
+    return list(function.clauses.clauses) if getattr(function, "clauses", None) is not None else []
+
+
+def is_aggregate(element: Any) -> bool:
+    """A call of a mergeable aggregate (``min``/``max`` of two arguments are scalar in SQLite)."""
+    name = function_name(element)
+    if name not in MERGEABLE:
+        return False
+    return not (name in ("min", "max") and len(arguments_of(element)) != 1)
+
+
+def shallow(element: Any) -> Iterator[Any]:
+    """``element`` and what it contains, without entering subqueries (their own business)."""
+    stack = [element]
+    while stack:
+        inner = stack.pop()
+        yield inner
+        if inner is not element and isinstance(inner, SelectBase | ScalarSelect | FromClause):
+            continue
+        stack.extend(inner.get_children())
+
+
+def contains_aggregate(element: Any) -> bool:
+    return any(
+        is_aggregate(inner) or function_name(inner) in UNMERGEABLE for inner in shallow(element)
+    )
+
+
+def same_expression(left: Any, right: Any) -> bool:
+    return bool(elements.plain(strip(left)).compare(elements.plain(strip(right))))
+
+
+def type_of(element: Any) -> Any:
+    """The SQL type of an expression; some functions without one take their arguments'."""
+    element = strip(element)
+    type_ = getattr(element, "type", None)
+    if not isinstance(type_, sqltypes.NullType):
+        return type_
+    name = function_name(element)
+    arguments = arguments_of(element)
+    if name in MERGEABLE and len(arguments) == 1:
+        argument = arguments[0]
+        return type_of(argument.element if elements.is_distinct(argument) else argument)
+    if name in _TYPE_OF_ARGUMENTS and arguments:
+        # abs(x), round(x, 2), mod(a, b) ... of numbers are numbers; of anything
+        # untyped or textual, unknown (and text keys need more care)
+        types = [type_of(argument) for argument in arguments]
+        if all(
+            t is not None and not isinstance(t, sqltypes.String | sqltypes.NullType) for t in types
+        ):
+            return types[0]
+    return type_
+
+
+def text_like(element: Any) -> bool:
+    type_ = type_of(element)
+    return type_ is None or isinstance(type_, sqltypes.String | sqltypes.NullType)
+
+
+def explicit_collation(element: Any) -> str | None:
+    """A collation named by ``.collate(...)`` or by a String column type inside ``element``."""
+    for inner in visitors.iterate(element):
+        if isinstance(inner, BinaryExpression) and inner.operator is operators.collate:
+            return str(getattr(inner.right, "collation", "")) or None
+    for inner in [element, *visitors.iterate(element)]:
+        collation = getattr(getattr(inner, "type", None), "collation", None)
+        if collation:
+            return str(collation)
+    return None
+
+
+def order_parts(clause: Any) -> tuple[Any, bool, bool | None]:
+    """(expression, descending, nulls first or None for the default) of an ORDER BY key."""
+    descending = False
+    nulls_first: bool | None = None
+    element = clause
+    while True:
+        unwrapped = elements.unwrap_label_reference(element)
+        if unwrapped is not element:  # ORDER BY label.desc() wraps the whole DESC
+            element = unwrapped
+            continue
+        if isinstance(element, UnaryExpression) and element.modifier is not None:
+            modifier = element.modifier
+            if modifier is operators.desc_op:
+                descending = True
+            elif modifier is operators.nulls_first_op:
+                nulls_first = True
+            elif modifier is operators.nulls_last_op:
+                nulls_first = False
+            elif modifier is not operators.asc_op:
+                break
+            element = element.element
+        elif isinstance(element, Grouping):
+            element = element.element
+        else:
+            break
+    return element, descending, nulls_first
+
+
+def reads_columns(element: Any) -> bool:
+    return any(
+        isinstance(inner, ColumnElement) and getattr(inner, "table", None) is not None
+        for inner in shallow(element)
+    )
+
+
+def conjuncts(clause: Any) -> Iterator[Any]:
+    clause = strip(clause)
+    if isinstance(clause, BooleanClauseList) and clause.operator is operators.and_:
+        for inner in clause.clauses:
+            yield from conjuncts(inner)
+    else:
+        yield clause

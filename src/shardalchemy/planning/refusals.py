@@ -1,0 +1,139 @@
+"""What no plan can answer exactly: the constructs refused with ``CrossShardQueryError``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import CompoundSelect, Select
+from sqlalchemy.sql import operators, visitors
+from sqlalchemy.sql.elements import (
+    BinaryExpression,
+    FunctionFilter,
+    Over,
+    WithinGroup,
+)
+
+from .._sqlalchemy import elements, selects
+from ..errors import CrossShardQueryError
+from ..routing.tables import colocation_groups, tables_of
+from ..sharding.rules import FollowRule, RuleBook
+from .expressions import (
+    UNMERGEABLE,
+    WINDOW_ONLY,
+    conjuncts,
+    contains_aggregate,
+    function_name,
+    short,
+)
+
+
+def refuse(construct: str, why: str) -> CrossShardQueryError:
+    """The error for a construct that cannot be answered exactly across shards."""
+    return CrossShardQueryError(
+        f"{construct} cannot be answered exactly across shards: {why}. Pin the statement to "
+        "one shard (a shard-key predicate or set_shard_id(...)), rewrite it, or ask for "
+        "SQLAlchemy's concatenated per-shard results with "
+        ".execution_options(cross_shard='concatenate')",
+        construct=construct,
+    )
+
+
+def check_constructs(statement: Any, rules: RuleBook | None) -> None:
+    """Refuse what would make a per-shard answer differ from one database's."""
+    if getattr(statement, "_for_update_arg", None) is not None:
+        raise refuse(
+            "SELECT ... FOR UPDATE",
+            "rows locked on several shards in one statement are not one lock; lock per shard",
+        )
+    # tables of the outer FROM list: a subquery naming one of them is correlated to it
+    outer = {
+        elements.plain(table)
+        for source in getattr(statement, "get_final_froms", list)()
+        for table in tables_of(source)
+    }
+    for element in visitors.iterate(statement):
+        if isinstance(element, Over):
+            raise refuse(
+                f"window function {short(element)}",
+                "a window over rows of several shards is computed per shard",
+            )
+        if isinstance(element, WithinGroup):
+            raise refuse(f"ordered-set aggregate {short(element)}", "it cannot be merged")
+        if isinstance(element, FunctionFilter):
+            raise refuse(f"aggregate FILTER {short(element)}", "FILTER is not merged yet")
+        name = function_name(element)
+        if name in UNMERGEABLE:
+            raise refuse(f"aggregate {name}()", "shardalchemy does not know how to merge it")
+        if name in WINDOW_ONLY:
+            raise refuse(f"window function {name}()", "it is computed per shard")
+        if isinstance(element, CompoundSelect) and element is not statement:
+            check_compound_keyword(element)
+        if isinstance(element, Select) and element is not statement and rules is not None:
+            _check_subquery(element, rules, outer)
+    if rules is not None:
+        groups = colocation_groups(tables_of(statement), rules)
+        if len(groups) > 1:
+            names = sorted(name for tables in groups.values() for name in tables)
+            raise refuse(
+                f"a statement over {', '.join(names)}",
+                "these tables are sharded independently (not co-located), so their rows "
+                "meet on no single shard",
+            )
+
+
+def check_compound_keyword(compound: CompoundSelect) -> None:
+    keyword = str(getattr(compound.keyword, "name", compound.keyword)).upper()
+    if "INTERSECT" in keyword or "EXCEPT" in keyword:
+        raise refuse(
+            keyword.replace("_", " "),
+            "a row of one side and a row of the other may live on different shards",
+        )
+
+
+def _check_subquery(select: Select[Any], rules: RuleBook, outer: set[Any]) -> None:
+    if not any(rules.for_table(table) is not None for table in tables_of(select)):
+        return  # reads no sharded table: the same on every shard
+    why = []
+    if selects.group_by(select):
+        why.append("GROUP BY")
+    if selects.has_limit_or_offset(select):
+        why.append("LIMIT/OFFSET")
+    if getattr(select, "_distinct", False):
+        why.append("DISTINCT")
+    if any(contains_aggregate(column) for column in selects.raw_columns(select)):
+        why.append("an aggregate")
+    if why and not _correlated_colocated(select, rules, outer):
+        raise refuse(
+            f"a subquery with {' and '.join(why)} ({short(select)})",
+            "it would be computed per shard over that shard's rows only",
+        )
+
+
+def _correlated_colocated(select: Select[Any], rules: RuleBook, outer: set[Any]) -> bool:
+    """Whether ``select`` reads only rows co-located with the outer row it is correlated to.
+
+    True when its WHERE requires (AND) a follower's foreign key to equal the
+    outer parent's referenced column (``Report.city_id == City.id``, as a
+    count of a city's reports is written): those rows live on the outer
+    row's shard.
+    """
+    own = {elements.plain(table) for table in tables_of(select)} - outer
+    where = getattr(select, "whereclause", None)
+    if where is None:
+        return False
+    for conjunct in conjuncts(where):
+        if not (isinstance(conjunct, BinaryExpression) and conjunct.operator is operators.eq):
+            continue
+        left, right = elements.plain(conjunct.left), elements.plain(conjunct.right)
+        tables = (getattr(left, "table", None), getattr(right, "table", None))
+        if None in tables or (tables[0] in own) == (tables[1] in own):
+            continue
+        for table in tables:
+            rule = rules.for_table(table)
+            if not isinstance(rule, FollowRule):
+                continue
+            for local, remote in rule.relationship.local_remote_pairs or ():
+                pair = {elements.plain(local), elements.plain(remote)}
+                if pair == {left, right}:
+                    return True
+    return False
