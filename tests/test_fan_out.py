@@ -16,12 +16,13 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from _servers import Backend, MakeDatabase
-from sqlalchemy import String, event, func, select, text
+from sqlalchemy import String, event, func, insert, select, text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from shardalchemy import (
+    ConfigurationError,
     Lookup,
     RoutingError,
     ShardedSession,
@@ -280,10 +281,31 @@ def test_a_failing_shard_is_named_and_the_others_are_not_blamed(
 def test_fan_out_options_are_checked(
     shard_map: ShardMap, options: dict[str, Any], message: str
 ) -> None:
-    with shard_map.sessionmaker()() as session, pytest.raises(RoutingError, match=message):
+    with shard_map.sessionmaker()() as session, pytest.raises(ConfigurationError, match=message):
         session.execute(select(Item).execution_options(**options))
-    with pytest.raises(RoutingError, match=message):
+    with pytest.raises(ConfigurationError, match=message):
         ShardedSession(shard_map=shard_map, **options)
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"bulk_batch_size": 0}, "bulk_batch_size must be a positive number"),
+        ({"bulk_batch_size": "many"}, "bulk_batch_size must be a positive number"),
+        ({"bulk_concurrency": 0}, "bulk_concurrency must be a positive number"),
+        ({"bulk_concurrency": True}, "bulk_concurrency must be a positive number"),
+    ],
+)
+def test_bulk_options_are_checked(
+    shard_map: ShardMap, options: dict[str, Any], message: str
+) -> None:
+    rows = [{"id": 1000 + i, "home": SHARDS[i], "value": i} for i in range(4)]
+    with shard_map.sessionmaker()() as session:
+        before = session.scalar(select(func.count()).select_from(Item))
+        with pytest.raises(ConfigurationError, match=message):
+            session.execute(insert(Item).execution_options(**options), rows)
+        assert session.scalar(select(func.count()).select_from(Item)) == before
 
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)

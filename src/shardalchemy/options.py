@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 from sqlalchemy import inspect
 from sqlalchemy.ext import horizontal_shard
 
-from .errors import RoutingError, ShardKeyChangeError
+from .errors import ConfigurationError, ShardKeyChangeError
 
 EXPLICIT_SHARD = "shardalchemy.explicit_shard"
 
@@ -77,21 +77,21 @@ class FanOutOptions:
     def check(options: Mapping[str, Any], where: str) -> FanOutOptions:
         mode = options["cross_shard"]
         if mode not in ("merge", "concatenate"):
-            raise RoutingError(
+            raise ConfigurationError(
                 f"{where}: cross_shard must be 'merge' or 'concatenate', not {mode!r}"
             )
         timeout = options["shard_timeout"]
         if timeout is not None and (
             isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
         ):
-            raise RoutingError(
+            raise ConfigurationError(
                 f"{where}: shard_timeout must be a positive number of seconds, not {timeout!r}"
             )
         concurrency = options["shard_concurrency"]
         if concurrency is not None and (
             isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1
         ):
-            raise RoutingError(
+            raise ConfigurationError(
                 f"{where}: shard_concurrency must be a positive integer, not {concurrency!r}"
             )
         return FanOutOptions(mode == "merge", timeout, bool(options["allow_partial"]), concurrency)

@@ -64,3 +64,19 @@ def bind_value(bind: Any, parameters: Any) -> Any:
     if parameters and bind.key in parameters:
         return parameters[bind.key]
     return bind.effective_value
+
+
+def cache_key(statement: Any) -> Any:
+    """A statement's SQLAlchemy cache key (memoized by the statement), or ``None``.
+
+    ``_generate_cache_key()`` is the memoizing form of the public
+    ``ClauseElement`` cache-key machinery the router and planner cache on;
+    ``None`` when some element of the statement cannot be cached.
+    """
+    generate = getattr(statement, "_generate_cache_key", None)
+    return generate() if generate is not None else None
+
+
+def original_bind_key(bind: Any) -> str:
+    """The name an anonymous bind parameter was made from (``"sensor"`` for ``sensor_1``)."""
+    return str(getattr(bind, "_orig_key", "") or "")

@@ -128,3 +128,8 @@ def processed_rows(result: Any) -> Iterator[tuple[Any, ...]]:
     if result._source_supports_scalars:
         return ((value,) for value in raw)
     return iter(raw)
+
+
+def yields_scalars(result: Any) -> bool:
+    """Whether a (frozen) ORM result's raw rows are single objects, not tuples."""
+    return bool(result._source_supports_scalars)

@@ -94,3 +94,13 @@ def limit_offset(statement: Any, parameters: Any) -> tuple[Any, Any]:
 def statement_options(statement: Any) -> tuple[Any, ...]:
     """The options attached to a statement with ``.options()``."""
     return tuple(getattr(statement, "_with_options", ()))
+
+
+def is_distinct(statement: Any) -> bool:
+    """Whether a SELECT is ``SELECT DISTINCT`` (``Select._distinct``; no public getter)."""
+    return bool(getattr(statement, "_distinct", False))
+
+
+def for_update(statement: Any) -> Any:
+    """A SELECT's FOR UPDATE clause (``Select._for_update_arg``), or ``None``."""
+    return getattr(statement, "_for_update_arg", None)

@@ -29,7 +29,7 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..errors import ShardingError
@@ -46,8 +46,17 @@ def _ensure_server_database(url: str) -> None:
     if backend == "sqlite" or not name:
         return
     admin_db = "postgres" if backend == "postgresql" else None
-    # URL.set() ignores None, so replace the field to connect without a database
-    engine = create_engine(parsed._replace(database=admin_db), isolation_level="AUTOCOMMIT")
+    # URL.set() ignores None, so build the URL again to connect without a database
+    admin_url = URL.create(
+        parsed.drivername,
+        parsed.username,
+        parsed.password,
+        parsed.host,
+        parsed.port,
+        admin_db,
+        parsed.query,
+    )
+    engine = create_engine(admin_url, isolation_level="AUTOCOMMIT")
     try:
         with engine.connect() as connection:
             quoted = engine.dialect.identifier_preparer.quote(name)

@@ -209,7 +209,7 @@ def plain_select(statement: Any) -> bool:
     """A SELECT that is not a loader's, not pinned by ``set_shard_id``, with no token of its own."""
     if not getattr(statement, "is_select", False) or orm_execute.on_loader_path(statement):
         return False
-    if "identity_token" in getattr(statement, "_execution_options", ()):
+    if "identity_token" in statement.get_execution_options():
         return False  # the statement's own token would win over the routed one
     return not any(
         isinstance(option, horizontal_shard.set_shard_id)

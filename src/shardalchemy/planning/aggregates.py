@@ -91,7 +91,7 @@ def plan_aggregate(builder: Builder, having: Any) -> Plan:
         steps.append(Compute(tuple(computed)))
     if predicate is not None:
         steps.append(Filter(predicate, f"HAVING {short(having)}"))
-    if getattr(statement, "_distinct", False):
+    if selects.is_distinct(statement):
         steps.append(distinct_step(builder))
     limit, offset = builder.limit_offset()
     if keys:

@@ -21,7 +21,7 @@ from .refusals import check_compound_keyword, refuse
 
 
 def plan_compound(
-    statement: CompoundSelect, facts: DatabaseFacts, parameters: Mapping[str, Any]
+    statement: CompoundSelect[Any], facts: DatabaseFacts, parameters: Mapping[str, Any]
 ) -> Plan:
     """UNION / UNION ALL: the shards' unions, made distinct again, ordered, limited."""
     check_compound_keyword(statement)

@@ -8,7 +8,7 @@ from typing import Any
 from ..merge.keys import Transform, as_is, pad_space
 
 # text collations whose order is code-point order, per dialect family
-_BINARY_COLLATIONS = {
+_BINARY_COLLATIONS: dict[str, set[str | None]] = {
     "sqlite": {None, "binary"},
     "postgresql": {"c", "posix", "c.utf-8", "c.utf8", "ucs_basic", "default"},
 }

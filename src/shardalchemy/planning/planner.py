@@ -41,7 +41,7 @@ from typing import Any
 from sqlalchemy import CompoundSelect, Select
 from sqlalchemy.sql.selectable import Exists, ScalarSelect
 
-from .._sqlalchemy import selects
+from .._sqlalchemy import elements, selects
 from ..errors import CrossShardQueryError
 from ..sharding.rules import RuleBook
 from .aggregates import plan_aggregate
@@ -78,8 +78,7 @@ class Planner:
         self, statement: Any, facts: DatabaseFacts, parameters: Mapping[str, Any] | None = None
     ) -> Plan:
         """The plan of ``statement``; raises CrossShardQueryError if no plan is exact."""
-        generate = getattr(statement, "_generate_cache_key", None)
-        cache_key = generate() if generate is not None else None
+        cache_key = elements.cache_key(statement)
         if cache_key is None:
             return plan_select(statement, facts, self.rules, parameters)
         if cache_key.key in self._checked:

@@ -40,7 +40,7 @@ def refuse(construct: str, why: str) -> CrossShardQueryError:
 
 def check_constructs(statement: Any, rules: RuleBook | None) -> None:
     """Refuse what would make a per-shard answer differ from one database's."""
-    if getattr(statement, "_for_update_arg", None) is not None:
+    if selects.for_update(statement) is not None:
         raise refuse(
             "SELECT ... FOR UPDATE",
             "rows locked on several shards in one statement are not one lock; lock per shard",
@@ -81,7 +81,7 @@ def check_constructs(statement: Any, rules: RuleBook | None) -> None:
             )
 
 
-def check_compound_keyword(compound: CompoundSelect) -> None:
+def check_compound_keyword(compound: CompoundSelect[Any]) -> None:
     keyword = str(getattr(compound.keyword, "name", compound.keyword)).upper()
     if "INTERSECT" in keyword or "EXCEPT" in keyword:
         raise refuse(
@@ -98,7 +98,7 @@ def _check_subquery(select: Select[Any], rules: RuleBook, outer: set[Any]) -> No
         why.append("GROUP BY")
     if selects.has_limit_or_offset(select):
         why.append("LIMIT/OFFSET")
-    if getattr(select, "_distinct", False):
+    if selects.is_distinct(select):
         why.append("DISTINCT")
     if any(contains_aggregate(column) for column in selects.raw_columns(select)):
         why.append("an aggregate")

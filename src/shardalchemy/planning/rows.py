@@ -61,7 +61,7 @@ def _loaded_entity_columns(statement: Any) -> dict[Any, Any]:
     Only for plain entities (no aliases), statements without loader options
     (joined eager loading would change the rows) and without DISTINCT.
     """
-    if getattr(statement, "_distinct", False) or selects.statement_options(statement):
+    if selects.is_distinct(statement) or selects.statement_options(statement):
         return {}
     columns: dict[Any, Any] = {}
     for description in statement.column_descriptions:
@@ -105,7 +105,7 @@ def _plan_rows_with(builder: Builder, readable: dict[Any, Any]) -> Plan:
             for key in keys
         ]
     steps: list[Step] = []
-    if getattr(statement, "_distinct", False):
+    if selects.is_distinct(statement):
         steps.append(distinct_step(builder))
     limit, offset = builder.limit_offset()
     shard_statement = statement

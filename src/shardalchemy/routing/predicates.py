@@ -26,7 +26,7 @@ from sqlalchemy.sql.elements import (
 )
 from sqlalchemy.sql.selectable import Exists, ScalarSelect
 
-from .._sqlalchemy.elements import is_anonymous_key, plain
+from .._sqlalchemy.elements import is_anonymous_key, original_bind_key, plain
 from ..sharding.rules import FollowRule, KeyRule, RuleBook
 from ..sharding.strategies import Strategy, id_strategy_of
 from .route import Explanation
@@ -51,7 +51,7 @@ class Values:
         if parameters and is_anonymous_key(bind.key):
             # SQLAlchemy also accepts an anonymous bind's compiled name
             # ("sensor_1"); it is not known here, so do not trust the default
-            original = str(getattr(bind, "_orig_key", "") or "")
+            original = original_bind_key(bind)
             if original and any(str(key).startswith(original) for key in parameters):
                 return MISSING
         if bind.callable is None and bind.value is None and bind.required:

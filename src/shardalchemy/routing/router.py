@@ -50,6 +50,7 @@ from sqlalchemy.sql.elements import (
     Grouping,
 )
 
+from .._sqlalchemy.elements import cache_key as cache_key_of
 from .._sqlalchemy.elements import plain
 from ..sharding.rules import RuleBook
 from .fast_path import SingleShard, single_shard_function
@@ -141,8 +142,7 @@ class Router:
         elif not isinstance(parameters, dict) and not isinstance(parameters, Mapping):
             # (a dict is checked first: an ABC's isinstance is slow on the hot path)
             return None  # executemany: route() unions the parameter sets
-        generate = getattr(statement, "_generate_cache_key", None)
-        cache_key = generate() if generate is not None else None
+        cache_key = cache_key_of(statement)
         if cache_key is None:
             return None
         recent_key, plan = self._recent
@@ -161,10 +161,7 @@ class Router:
         self, statement: Any, cache_key: Any = MISSING
     ) -> tuple[Shape, Sequence[BindParameter[Any]]]:
         if cache_key is MISSING:
-            cache_key = None
-            generate = getattr(statement, "_generate_cache_key", None)
-            if generate is not None:
-                cache_key = generate()
+            cache_key = cache_key_of(statement)
         if cache_key is None:
             return self._analyse(statement, {}), ()
         plan = self._cache.get(cache_key.key)

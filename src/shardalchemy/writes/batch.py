@@ -14,6 +14,7 @@ from sqlalchemy.engine import IteratorResult
 from sqlalchemy.engine.result import SimpleResultMetaData
 
 from .._sqlalchemy import drivers
+from .._sqlalchemy.results import yields_scalars
 from ..errors import BulkWriteError, RoutingError
 from ..routing.route import Route
 from .protocol import WritingSession
@@ -370,7 +371,7 @@ def merge_results(
         frozen_part = result.freeze()
         frozen = frozen or frozen_part
         rows = frozen_part.data
-        if frozen_part._source_supports_scalars:
+        if yields_scalars(frozen_part):
             rows = [(value,) for value in rows]
         if len(rows) != len(indices):
             raise RoutingError(

@@ -36,7 +36,7 @@ from typing import Any
 from sqlalchemy.orm import ORMExecuteState
 
 from .._sqlalchemy import dml, orm_execute, sessions
-from ..errors import RoutingError
+from ..errors import ConfigurationError, RoutingError
 from ..routing.tables import statement_label
 from .batch import DEFAULT_BATCH_SIZE, DEFAULT_CONCURRENCY, ShardWrites, batches, group, writing_to
 from .protocol import WritingSession
@@ -193,7 +193,7 @@ def _run_batches(
     else:
         size = DEFAULT_BATCH_SIZE  # an iterator: read a batch at a time
     if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-        raise RoutingError(f"bulk_batch_size must be a positive number of rows, not {size!r}")
+        raise ConfigurationError(f"bulk_batch_size must be a positive number of rows, not {size!r}")
     if orm_context.is_orm_statement:
         sessions.autoflush(session)
     offset = 0
@@ -242,5 +242,7 @@ def concurrency(orm_context: ORMExecuteState) -> int:
     """How many shards a bulk statement may write at once (option ``bulk_concurrency``)."""
     value = orm_context.execution_options.get("bulk_concurrency", DEFAULT_CONCURRENCY)
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise RoutingError(f"bulk_concurrency must be a positive number of shards, not {value!r}")
+        raise ConfigurationError(
+            f"bulk_concurrency must be a positive number of shards, not {value!r}"
+        )
     return value
