@@ -24,7 +24,6 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from shardalchemy import (
     ConfigurationError,
     Lookup,
-    RoutingError,
     ShardedSession,
     ShardKey,
     ShardMap,

@@ -37,9 +37,9 @@ from shardalchemy import (
     UnknownShardKeyError,
     shard_table,
 )
-from shardalchemy.sharding.scoped_names import ShardScopedName
 from shardalchemy.sharding.declarations import declaration_for
 from shardalchemy.sharding.rules import FollowRule, KeyRule, RuleBook
+from shardalchemy.sharding.scoped_names import ShardScopedName
 
 SHARDS = ("asia", "europe")
 CONTINENTS = {"Asia": "asia", "Europe": "europe"}

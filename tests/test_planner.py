@@ -23,8 +23,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship,
 
 from shardalchemy import CrossShardQueryError, FollowParent, Hash, ShardKey
 from shardalchemy.merge import Aggregate, Concatenate, Distinct, Filter, Limit, MergeSort, Sort
-from shardalchemy.sharding.rules import RuleBook
 from shardalchemy.planning import WEIGHT, DatabaseFacts, Plan, plan_select
+from shardalchemy.sharding.rules import RuleBook
 
 SHARDS = ("s0", "s1")
 SQLITE = DatabaseFacts("sqlite", nulls_high=False)

@@ -38,8 +38,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, aliased, mapped_column, relationship
 
 from shardalchemy import FollowParent, Hash, Lookup, Range, Route, Router, ShardKey, shard_table
-from shardalchemy.sharding.rules import RuleBook
 from shardalchemy.routing import route_statement, statement_label
+from shardalchemy.sharding.rules import RuleBook
 
 # shard-map order on purpose not alphabetical: routes keep shard-map order
 SHARDS = ("europe", "asia", "africa")

@@ -1,4 +1,8 @@
-"""What users pass to steer statements and objects: ``set_shard_id``, ``assign_shard``, fan-out options."""
+"""What users pass to steer statements and objects.
+
+``set_shard_id`` pins a statement to a shard, ``assign_shard`` places a new
+object, and :class:`FanOutOptions` checks how a multi-shard statement runs.
+"""
 
 from __future__ import annotations
 
