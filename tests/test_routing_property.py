@@ -51,7 +51,17 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from shardalchemy import FollowParent, Hash, Range, ShardKey, ShardMap, set_shard_id
+from shardalchemy import (
+    FollowParent,
+    Hash,
+    Range,
+    ShardKey,
+    ShardMap,
+    StatementLog,
+    set_shard_id,
+)
+from shardalchemy.routing import Router
+from shardalchemy.sharding import RuleBook
 
 SHARDS = ("s0", "s1", "s2")
 DEFAULT_EXAMPLES = 60
@@ -408,6 +418,12 @@ def check_routed_equals_all_shards(world: World, case: Case) -> None:
         with session.recording_routes() as routes:
             routed = answer(session, case, None)
         assert [r.shards for r in routes] == [route.shards], "explain() differs from the route"
+        # again as production runs it: not recording, so the single-shard fast path is on;
+        # what reaches the shards is observed from the outside
+        with StatementLog(world.shard_map) as log:
+            fast = answer(session, case, None)
+        assert fast == routed, "the fast path answers differently"
+        assert set(log.shards()) == set(route.shards), f"the fast path ran elsewhere: {route!r}"
         pinned = {shard: answer(session, case, shard) for shard in SHARDS}
     if case.write:
         total: Any = sum(pinned.values())
@@ -484,6 +500,68 @@ def accounts_property(world: World, examples: int) -> None:
         check_routed_equals_all_shards(world, account_case(shape, tree, second))
 
     routed_equals_all_shards()
+
+
+# -- the fast path, without a database -------------------------------------------------------
+
+
+@functools.cache
+def pure_router() -> Router:
+    rules = RuleBook(SHARDS)
+    rules.check(Base.metadata)
+    return Router(rules, SHARDS)
+
+
+def check_fast_path_agrees(case: Case) -> None:
+    """``single_shard()`` is ``None`` ("ask route()") or exactly route()'s only shard."""
+    router = pure_router()
+    route = router.route(case.statement, case.parameters)
+    single = router.single_shard(case.statement, case.parameters)
+    # a second call takes the remembered shape: the same answer
+    assert router.single_shard(case.statement, case.parameters) == single
+    if single is not None:
+        assert route.shards == (single,), (single, route)
+    event("fast path decided" if single is not None else "fast path deferred to route()")
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(shape=st.sampled_from(["columns", "entities", "subquery", "cte"]), tree=trees(READING_POOLS))
+def test_fast_path_agrees_with_route_on_range_keys(shape: str, tree: Any) -> None:
+    check_fast_path_agrees(reading_case(shape, tree))
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    shape=st.sampled_from([s for s in ACCOUNT_SHAPES if s not in ("update", "delete")]),
+    tree=trees(CODE_POOLS),
+    second=trees(CODE_POOLS),
+)
+def test_fast_path_agrees_with_route_on_hashed_keys_and_followers(
+    shape: str, tree: Any, second: Any
+) -> None:
+    check_fast_path_agrees(account_case(shape, tree, second))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    value=st.one_of(
+        st.sampled_from(SENSORS),
+        st.integers(),
+        st.text(max_size=3),
+        st.floats(allow_nan=False),
+        st.none(),
+        st.booleans(),
+    ),
+    given_at=st.sampled_from(["statement", "execute", "missing"]),
+)
+def test_fast_path_agrees_with_route_for_any_value_of_key_equals(value: Any, given_at: str) -> None:
+    """``key = :value`` with values of other types, given in the statement, at execute, or not."""
+    if given_at == "statement":
+        case = Case(select(Reading.id).where(Reading.sensor == value), {})
+    else:
+        parameters = {"v": value} if given_at == "execute" else {}
+        case = Case(select(Reading.id).where(Reading.sensor == bindparam("v")), parameters)
+    check_fast_path_agrees(case)
 
 
 @pytest.mark.parametrize("kind", BACKENDS)
