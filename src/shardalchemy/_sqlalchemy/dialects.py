@@ -9,12 +9,14 @@ dialect whose preparer renders a shard-scoped name with the shard's prefix.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.sql.elements import quoted_name
 
-from ..sharding.scoped_names import ShardScopedName
+Rename = Callable[[str], "str | None"]
+"""An identifier's name on one shard, or ``None`` to leave it as it is."""
 
 _PREPARER_CLASSES: dict[type, type] = {}
 
@@ -22,14 +24,12 @@ _PREPARER_CLASSES: dict[type, type] = {}
 class _ShardNamingPreparer:
     """Mixed into a dialect's IdentifierPreparer class; see module docstring."""
 
-    shard_name: str
-    naming: str
+    rename: Rename
 
     def quote(self, ident: str, *args: Any, **kw: Any) -> str:
-        if isinstance(ident, ShardScopedName):
-            ident = quoted_name(
-                self.naming.format(shard=self.shard_name, table=str(ident)), ident.quote
-            )
+        renamed = self.rename(ident)
+        if renamed is not None:
+            ident = quoted_name(renamed, getattr(ident, "quote", None))
         quoted: str = super().quote(ident, *args, **kw)  # type: ignore[misc]
         return quoted
 
@@ -42,30 +42,28 @@ def _naming_preparer_class(base: type) -> type:
     return cls
 
 
-def shard_dialect(engine: Engine, shard_name: str, naming: str) -> Dialect:
-    """A copy of ``engine``'s dialect that renders shard-scoped names for ``shard_name``.
+def shard_dialect(engine: Engine, rename: Rename) -> Dialect:
+    """A copy of ``engine``'s dialect whose identifiers are renamed by ``rename``.
 
     Call :func:`refresh_shard_dialect` after the engine's first connect, when
     the dialect has learned the server's facts (version, quoting).
     """
     dialect = copy.copy(engine.dialect)
-    _install_preparer(dialect, engine.dialect, shard_name, naming)
+    _install_preparer(dialect, engine.dialect, rename)
     return dialect
 
 
 def refresh_shard_dialect(dialect: Dialect, base: Dialect) -> None:
     """Bring a shard's dialect copy up to date with ``base`` after it initialized."""
-    preparer: Any = dialect.identifier_preparer
-    shard_name, naming = preparer.shard_name, preparer.naming
+    rename = dialect.identifier_preparer.rename  # type: ignore[attr-defined]
     dialect.__dict__.update(base.__dict__)
-    _install_preparer(dialect, base, shard_name, naming)
+    _install_preparer(dialect, base, rename)
 
 
-def _install_preparer(dialect: Dialect, base: Dialect, shard_name: str, naming: str) -> None:
+def _install_preparer(dialect: Dialect, base: Dialect, rename: Rename) -> None:
     preparer: Any = copy.copy(base.identifier_preparer)
     preparer.__class__ = _naming_preparer_class(type(base.identifier_preparer))
     preparer.dialect = dialect
     preparer._strings = {}  # its quoting cache is keyed by plain strings
-    preparer.shard_name = shard_name
-    preparer.naming = naming
+    preparer.rename = rename
     dialect.identifier_preparer = preparer

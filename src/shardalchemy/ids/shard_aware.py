@@ -150,7 +150,7 @@ class ShardAwareIdGenerator:
             shard: number << self.layout.shard_shift for shard, number in self.shard_numbers.items()
         }
         self._time_shift = self.layout.time_shift
-        self._closed = False
+        self._is_closed = False
         self._new_state()
         register(self)
 
@@ -349,7 +349,7 @@ class ShardAwareIdGenerator:
         ``required``: the caller cannot issue without it, so failing raises;
         otherwise a failed renewal only postpones the next attempt.
         """
-        if self._closed:
+        if self._is_closed:
             raise IdConfigurationError(f"shard-aware ID generator {self.name!r} is closed")
         with self._lock:
             lease = self._lease
@@ -573,7 +573,7 @@ class ShardAwareIdGenerator:
 
     # -- renewal thread ---------------------------------------------------------------
     def _start_renewer(self) -> None:
-        if self._renewer is not None or self._store.is_async or self._closed:
+        if self._renewer is not None or self._store.is_async or self._is_closed:
             return
         with self._lock:
             if self._renewer is not None:
@@ -595,7 +595,7 @@ class ShardAwareIdGenerator:
 
             ids.close()
         """
-        self._closed = True
+        self._is_closed = True
         self._stop_renewing.set()
         with self._lock:
             lease, self._lease = self._lease, None
@@ -614,7 +614,7 @@ class ShardAwareIdGenerator:
 
             await ids.close_async()
         """
-        self._closed = True
+        self._is_closed = True
         self._stop_renewing.set()
         with self._lock:
             lease, self._lease = self._lease, None
@@ -630,7 +630,7 @@ class ShardAwareIdGenerator:
         self._store.forget_connections()
 
     def _at_exit(self) -> None:
-        if not self._closed and self._lease is not None and not self._store.is_async:
+        if not self._is_closed and self._lease is not None and not self._store.is_async:
             self.close()
 
     def __repr__(self) -> str:
@@ -647,7 +647,7 @@ def _renew_forever(
     pause = 0.0
     while not stop.wait(pause):
         generator = generator_ref()
-        if generator is None or generator._closed:
+        if generator is None or generator._is_closed:
             return
         lease = generator._lease
         now = time.monotonic()

@@ -171,7 +171,7 @@ class In(Node):
     tuple_index: int | None  # position of the key inside tuple values
     shown: str
 
-    def _values(self, values: Values) -> list[Any] | None:
+    def _items(self, values: Values) -> list[Any] | None:
         if len(self.operand) == 1 and not self.is_list and self.tuple_index is None:
             value = values.value(self.operand[0])
             return None if value is MISSING else [value]
@@ -189,7 +189,7 @@ class In(Node):
         return collected
 
     def _evaluate(self, values: Values) -> tuple[frozenset[Any] | None, str]:
-        items = self._values(values)
+        items = self._items(values)
         if items is None:
             return (
                 None,
@@ -213,7 +213,7 @@ class In(Node):
 
     def shards(self, values: Values) -> frozenset[Any] | None:
         # the hot path: the same decisions as _evaluate, without the words
-        items = self._values(values)
+        items = self._items(values)
         if items is None:
             return None
         shards = set()

@@ -94,9 +94,9 @@ class Router:
     ) -> None:
         self.rules = rules
         self.shard_names = tuple(shard_names)
-        self._order = {name: index for index, name in enumerate(self.shard_names)}
-        self._cache: dict[Any, Shape] = {}
-        self._cache_size = cache_size
+        self._position = {name: index for index, name in enumerate(self.shard_names)}
+        self._shapes: dict[Any, Shape] = {}
+        self._shapes_size = cache_size
         # the last statement single_shard() planned: (its cache key object, plan).
         # SQLAlchemy memoizes a statement's cache key, so a statement executed
         # again is recognised by identity, without hashing its key; one tuple,
@@ -154,7 +154,7 @@ class Router:
         if single is None:
             return None
         shard = single(cache_key.bindparams, parameters)
-        return shard if shard in self._order else None  # unknown names: route() explains
+        return shard if shard in self._position else None  # unknown names: route() explains
 
     # -- planning, cached per statement shape -------------------------------------
     def _plan(
@@ -164,15 +164,15 @@ class Router:
             cache_key = cache_key_of(statement)
         if cache_key is None:
             return self._analyse(statement, {}), ()
-        plan = self._cache.get(cache_key.key)
+        plan = self._shapes.get(cache_key.key)
         if plan is None:
             positions = {id(bind): index for index, bind in enumerate(cache_key.bindparams)}
             plan = self._analyse(statement, positions)
             if not plan.cacheable:
                 return plan, cache_key.bindparams
-            if len(self._cache) >= self._cache_size:
-                self._cache.clear()  # shapes are few in practice; start over
-            self._cache[cache_key.key] = plan
+            if len(self._shapes) >= self._shapes_size:
+                self._shapes.clear()  # shapes are few in practice; start over
+            self._shapes[cache_key.key] = plan
         return plan, cache_key.bindparams
 
     def _analyse(self, statement: Any, positions: Mapping[int, int]) -> Shape:
@@ -279,10 +279,10 @@ class Router:
         tree = _explain_all(predicate, binds, parameter_sets) if explain else None
         if len(union) == 1:
             (shard,) = union
-            if shard in self._order:
+            if shard in self._position:
                 return Route((shard,), reason, explanation=tree)
-        if union and union.issubset(self._order):
-            shards = tuple(sorted(union, key=self._order.__getitem__))
+        if union and union.issubset(self._position):
+            shards = tuple(sorted(union, key=self._position.__getitem__))
             return Route(shards, reason, explanation=tree)
         if not union:
 

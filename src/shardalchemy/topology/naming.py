@@ -24,6 +24,8 @@ The dialect copying itself relies on semi-private details, kept in
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from sqlalchemy import Table
 
 from ..sharding.scoped_names import ShardScopedName
@@ -34,3 +36,19 @@ def physical_table_name(table: Table, shard_name: str, naming: str) -> str:
     if isinstance(table.name, ShardScopedName):
         return naming.format(shard=shard_name, table=str(table.name))
     return str(table.name)
+
+
+def shard_renamer(shard_name: str, naming: str) -> Callable[[str], str | None]:
+    """How ``shard_name``'s dialect renames identifiers: shard-scoped names get its prefix.
+
+    >>> rename = shard_renamer("asia", "{shard}_{table}")
+    >>> rename(ShardScopedName("cities", None)), rename("cities")
+    ('asia_cities', None)
+    """
+
+    def rename(ident: str) -> str | None:
+        if isinstance(ident, ShardScopedName):
+            return naming.format(shard=shard_name, table=str(ident))
+        return None
+
+    return rename

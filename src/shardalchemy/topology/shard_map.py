@@ -50,7 +50,7 @@ from ..inspection import SHARD_OPTION
 from ..planning.planner import Planner
 from ..routing.router import Router
 from ..sharding.rules import RuleBook
-from .naming import physical_table_name
+from .naming import physical_table_name, shard_renamer
 
 PLACEMENTS = ("database", "schema", "tables")
 
@@ -342,7 +342,7 @@ class _OneDatabaseShardMap(ShardMap):
         self, url: str | URL | Engine, shard_names: Sequence[str], **engine_options: Any
     ) -> None:
         super().__init__(shard_names)
-        self._url = url
+        self._database_url = url
         self._engine_options = engine_options
         self._engine: Engine | None = None
 
@@ -352,7 +352,7 @@ class _OneDatabaseShardMap(ShardMap):
         if self._engine is None:
             with self._lock:
                 if self._engine is None:
-                    engine = _engine_for(self._url, True, self._engine_options)
+                    engine = _engine_for(self._database_url, True, self._engine_options)
                     self._setup_engine(engine)
                     self._engine = engine
         return self._engine
@@ -470,7 +470,7 @@ class TablesShardMap(_OneDatabaseShardMap):
     def _make_bind(self, shard: str) -> Engine:
         engine = self.engine
         bind = engine.execution_options(**{SHARD_OPTION: shard})
-        bind.dialect = shard_dialect(engine, shard, self.naming)
+        bind.dialect = shard_dialect(engine, shard_renamer(shard, self.naming))
         return bind
 
     # ``checkfirst`` would look for the unprefixed names, so look ourselves
