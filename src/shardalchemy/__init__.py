@@ -1,21 +1,31 @@
 """shardalchemy: horizontal sharding for SQLAlchemy 2.x, ORM and Core, sync and async.
 
-The public API is flat; the modules behind it are private unless named here.
+The public API is flat: everything a user needs is imported from here.
 
-Example::
+Example:
 
-    from shardalchemy import FollowParent, Lookup, ShardKey, ShardMap
+>>> from sqlalchemy import Integer, String, select
+>>> from sqlalchemy.orm import DeclarativeBase, mapped_column
+>>> from shardalchemy import Lookup, ShardKey, ShardMap
+>>> class Base(DeclarativeBase):
+...     pass
+>>> class Town(Base):
+...     __tablename__ = "towns"
+...     __sharding__ = ShardKey("continent", Lookup({"Asia": "asia", "Europe": "europe"}))
+...     id = mapped_column(Integer, primary_key=True)
+...     continent = mapped_column(String(20))
+...     name = mapped_column(String(50))
+>>> shard_map = ShardMap.tables("sqlite://", ["asia", "europe"])
+>>> shard_map.create_all(Base.metadata)
+>>> with shard_map.sessionmaker()() as session:
+...     session.add(Town(continent="Asia", name="Tokyo"))
+...     session.add(Town(continent="Europe", name="Rome"))
+...     session.commit()
+...     session.explain(select(Town).where(Town.continent == "Europe")).shards
+('europe',)
 
-    class City(Base):
-        __tablename__ = "cities"
-        __sharding__ = ShardKey("continent", Lookup({"Asia": "asia", "Europe": "europe"}))
-        ...
-
-    shard_map = ShardMap.tables("sqlite:///cities.db", ["asia", "europe"])
-    shard_map.create_all(Base.metadata)
-    with shard_map.sessionmaker()() as session:
-        session.add(City(continent="Asia", name="Tokyo"))
-        session.commit()
+The rooms behind it (``topology``, ``sharding``, ``routing``, ``planning``, ``merge``,
+``execution``, ``orm``, ``writes``, ``ids``, ``cli``) are described in ARCHITECTURE.md.
 """
 
 from . import ids

@@ -21,12 +21,14 @@ model, the attribute, the value and the shard involved, and say what to do::
     └── ShardQueryError            a statement failed on a shard
         └── ShardTimeoutError      ... or did not answer in time
 
-Example::
+Example:
 
-    try:
-        session.flush()
-    except shardalchemy.UnknownShardKeyError as error:
-        print(error.model, error.attribute, error.value)
+>>> session.add(City(id=20, continent="Oceania", name="Sydney"))
+>>> try:
+...     session.flush()
+... except shardalchemy.UnknownShardKeyError as error:
+...     print(error.model, error.attribute, error.value)
+City continent Oceania
 """
 
 from __future__ import annotations
@@ -154,12 +156,17 @@ class BulkWriteError(ShardingError):
     error is chained as ``__cause__``.  None of the statement's rows remain on
     any shard, and the session stays usable.
 
-    Example::
+    Example (row 1 repeats Tokyo's id on Tokyo's shard):
 
-        try:
-            session.execute(insert(City), rows)
-        except shardalchemy.BulkWriteError as error:
-            print(error.row_index, error.shard, error.__cause__)
+    >>> rows = [
+    ...     {"id": 30, "continent": "Asia", "name": "Seoul"},
+    ...     {"id": 1, "continent": "Asia", "name": "Tokyo again"},
+    ... ]
+    >>> try:
+    ...     session.execute(insert(City), rows)
+    ... except shardalchemy.BulkWriteError as error:
+    ...     print(error.row_index, error.shard, type(error.__cause__).__name__)
+    1 asia IntegrityError
     """
 
     def __init__(self, message: str, *, row_index: int | None, shard: Any, statement: str) -> None:
@@ -179,12 +186,13 @@ class CrossShardQueryError(ShardingError):
     or opt into SQLAlchemy's concatenation with
     ``.execution_options(cross_shard="concatenate")``.
 
-    Example::
+    Example:
 
-        try:
-            session.execute(select(func.row_number().over(order_by=City.name)))
-        except shardalchemy.CrossShardQueryError as error:
-            print(error.construct)
+    >>> try:
+    ...     session.execute(select(func.row_number().over(order_by=City.name)))
+    ... except shardalchemy.CrossShardQueryError as error:
+    ...     print(error.construct)
+    window function row_number() OVER (ORDER BY cities.name)
     """
 
     def __init__(self, message: str, *, construct: str) -> None:
@@ -200,12 +208,15 @@ class ShardQueryError(ShardingError):
     and the first one is chained as ``__cause__``.  The other shards' work was
     cancelled and nothing the statement wrote remains.
 
-    Example::
+    Example (a shard whose table is missing):
 
-        try:
-            session.execute(select(City), execution_options={"shard_timeout": 2.0})
-        except shardalchemy.ShardQueryError as error:
-            print(error.shard, error.failures)
+    >>> europe = {"shard_id": "europe"}
+    >>> _ = session.execute(text("DROP TABLE europe_reports"), bind_arguments=europe)
+    >>> try:
+    ...     session.execute(select(Report), execution_options={"shard_timeout": 2.0})
+    ... except shardalchemy.ShardQueryError as error:
+    ...     print(error.shard, sorted(error.failures))
+    europe ['europe']
     """
 
     def __init__(self, message: str, *, shard: Any, failures: dict[Any, BaseException]) -> None:

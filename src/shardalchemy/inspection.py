@@ -1,11 +1,19 @@
 """Watching what reaches the shards: every SQL statement, with its shard.
 
-Example::
+Example:
 
-    with StatementLog(shard_map) as log:
-        session.get(WeatherLocation, 1)
-    log.shards()            # ["asia"]
-    log.statements("asia")  # ["SELECT ... FROM asia_weather_locations ..."]
+>>> with StatementLog(shard_map) as log:
+...     session.scalars(select(City).where(City.continent == "Asia")).all()
+[City('Tokyo')]
+>>> log.shards()
+['asia']
+>>> print(log.statements("asia")[0])
+SELECT asia_cities.id, ... FROM asia_cities WHERE asia_cities.continent = ?
+>>> with StatementLog(shard_map) as log:  # the id does not carry the shard: every shard
+...     session.get(City, 2)
+City('London')
+>>> log.counts()
+Counter({'asia': 1, 'europe': 1, 'north_america': 1, 'south_america': 1})
 """
 
 from __future__ import annotations

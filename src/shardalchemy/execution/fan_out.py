@@ -21,10 +21,14 @@ asyncio drivers).  When a shard fails, the others' queries are cancelled and
 SAVEPOINT, so a failed or cancelled shard is rolled back to before the
 statement and the session's transaction stays usable.
 
-Example::
+Example:
 
-    outcome = fan_out(session, ["asia", "europe"], run_on_shard, timeout=2.0)
-    outcome.results["asia"], outcome.failures
+>>> def count_cities(shard):
+...     statement = select(func.count()).select_from(City)
+...     return session.execute(statement, bind_arguments={"shard_id": shard}).scalar()
+>>> outcome = fan_out(session, ["asia", "europe"], count_cities, timeout=2.0)
+>>> outcome.results, outcome.failures
+({'asia': 1, 'europe': 2}, {})
 """
 
 from __future__ import annotations

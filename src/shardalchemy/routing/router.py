@@ -29,12 +29,16 @@ SQLAlchemy cache key; each execution only re-reads the parameter values.  The
 commonest shape, ``shard_key = :value``, also compiles to one small function
 (:meth:`Router.single_shard`, what the session runs for it).
 
-Example::
+Example (``shard_map.router`` is a shard map's own router):
 
-    router = Router(rules, ["asia", "europe"])
-    route = router.route(select(City).where(City.continent == "Asia"))
-    route.shards   # ("asia",)
-    route.reason   # "City.continent = 'Asia' -> asia"
+>>> router = Router(shard_map.rules, shard_map.shard_names)
+>>> route = router.route(select(City).where(City.continent == "Asia"))
+>>> route.shards
+('asia',)
+>>> route.reason
+"City.continent = 'Asia' -> asia"
+>>> router.route(select(City).where(City.name == "Tokyo")).scatter  # no shard key: all shards
+True
 """
 
 from __future__ import annotations
@@ -132,10 +136,12 @@ class Router:
         :class:`Route`, no reason.  ``None`` does not mean "no shard": it means
         "ask :meth:`route`" (several shards, no proof, an executemany...).
 
-        Example::
+        Example:
 
-            router.single_shard(select(City).where(City.continent == "Asia"))  # "asia"
-            router.single_shard(select(City))                                  # None
+        >>> shard_map.router.single_shard(select(City).where(City.continent == "Asia"))
+        'asia'
+        >>> shard_map.router.single_shard(select(City)) is None  # ask route()
+        True
         """
         if parameters is None:
             parameters = _NO_PARAMETERS

@@ -7,17 +7,26 @@ A model declares its sharding in one class attribute, ``__sharding__``:
 - :class:`FollowParent` names a many-to-one relationship: the model's rows
   live on the shard of their parent row and have no shard key of their own.
 
-Example::
+Example:
 
-    class WeatherLocation(Base):
-        __tablename__ = "weather_locations"
-        __sharding__ = ShardKey("continent", Lookup({"Asia": "asia", ...}))
-        ...
-
-    class Report(Base):
-        __tablename__ = "weather_reports"
-        __sharding__ = FollowParent("location")
-        location: Mapped[WeatherLocation] = relationship(back_populates="reports")
+>>> from sqlalchemy import ForeignKey, Integer, String
+>>> from sqlalchemy.orm import DeclarativeBase, mapped_column, relationship
+>>> from shardalchemy import FollowParent, Lookup, ShardKey
+>>> class Base(DeclarativeBase):
+...     pass
+>>> class WeatherLocation(Base):
+...     __tablename__ = "weather_locations"
+...     __sharding__ = ShardKey("continent", Lookup({"Asia": "asia", "Europe": "europe"}))
+...     id = mapped_column(Integer, primary_key=True)
+...     continent = mapped_column(String(20))
+>>> class Report(Base):
+...     __tablename__ = "weather_reports"
+...     __sharding__ = FollowParent("location")
+...     id = mapped_column(Integer, primary_key=True)
+...     location_id = mapped_column(ForeignKey("weather_locations.id"))
+...     location = relationship(WeatherLocation)
+>>> declaration_for(Report.__mapper__)
+FollowParent(relationship='location')
 
 A Core table is sharded with :func:`shard_table`.  Models without
 ``__sharding__`` are not sharded: every shard has its own rows of them.
@@ -47,9 +56,10 @@ class ShardKey:
     ``strategy`` is a :class:`~shardalchemy.strategies.Strategy`, or a plain
     dict (a lookup) or callable (a function).
 
-    Example::
+    Example (in a model, ``__sharding__ = ShardKey(...)``):
 
-        __sharding__ = ShardKey("continent", {"Asia": "asia", "Europe": "europe"})
+    >>> ShardKey("continent", {"Asia": "asia", "Europe": "europe"}).strategy
+    <Lookup: lookup (2 values)>
     """
 
     attribute: str
@@ -70,9 +80,10 @@ class ShardKey:
 class FollowParent:
     """Keep a model's rows on the shard of their parent, via a many-to-one relationship.
 
-    Example::
+    Example (in a model, ``__sharding__ = FollowParent(...)``):
 
-        __sharding__ = FollowParent("location")
+    >>> FollowParent("location").relationship
+    'location'
     """
 
     relationship: str
@@ -86,9 +97,13 @@ def shard_table(table: Table, key: ShardKey) -> Table:
 
     ``key.attribute`` is the column's key.  Returns the table.
 
-    Example::
+    Example:
 
-        events = shard_table(Table("events", metadata, ...), ShardKey("tenant_id", Hash()))
+    >>> from sqlalchemy import Column, Integer, MetaData, Table
+    >>> from shardalchemy import Hash
+    >>> events = Table("events", MetaData(), Column("id", Integer), Column("tenant_id", Integer))
+    >>> shard_table(events, ShardKey("tenant_id", Hash())) is events
+    True
     """
     if not isinstance(key, ShardKey):
         raise ModelConfigurationError(

@@ -111,9 +111,12 @@ class UnshardedRule:
     own (the ``database`` and ``schema`` placements): a statement or an
     object must then say which shard it means.
 
-    Example::
+    Example:
 
-        rules.unsharded("settings").home   # "asia" (tables placement), or None
+    >>> RuleBook(("asia", "europe"), unsharded_home="asia").unsharded("settings")
+    UnshardedRule(name='settings', home='asia')
+    >>> RuleBook(("asia", "europe")).unsharded("settings").home is None  # a copy per shard
+    True
     """
 
     name: str

@@ -15,12 +15,16 @@ Four strategies ship:
 - :class:`Range`: ordered lower boundaries;
 - :class:`Function`: any callable of yours.
 
-Example::
+Example:
 
-    Lookup({"Asia": "asia", "Europe": "europe"})
-    Hash(buckets=1024)                     # over every shard of the shard map
-    Range([(None, "old"), (2020, "recent")])
-    Function(lambda tenant: f"shard_{tenant % 4}")
+>>> Lookup({"Asia": "asia", "Europe": "europe"}).shard_for("Asia")
+'asia'
+>>> Hash(buckets=1024).bind(["s0", "s1", "s2", "s3"]).shard_for(42) in ("s0", "s1", "s2", "s3")
+True
+>>> Range([(None, "old"), (2020, "recent")]).shard_for(2021)
+'recent'
+>>> Function(lambda tenant: f"shard_{tenant % 4}").shard_for(6)
+'shard_2'
 """
 
 from __future__ import annotations
@@ -77,9 +81,11 @@ class Strategy:
 class Lookup(Strategy):
     """An explicit map from shard-key value to shard name.
 
-    Example::
+    Example:
 
-        Lookup({"North America": "north_america", "Asia": "asia"})
+    >>> strategy = Lookup({"North America": "north_america", "Asia": "asia"}, default="asia")
+    >>> strategy.shard_for("North America"), strategy.shard_for("Oceania")
+    ('north_america', 'asia')
 
     ``default`` names the shard for values missing from the map; without it
     such a value is an error.
@@ -158,10 +164,13 @@ class Hash(Strategy):
     declaration order).  Rebalancing later means reassigning buckets, so the
     bucket count should be much larger than the shard count and never change.
 
-    Example::
+    Example:
 
-        Hash(buckets=1024)
-        Hash(buckets=4, bucket_map={0: "a", 1: "a", 2: "b", 3: "b"})
+    >>> strategy = Hash(buckets=4, bucket_map={0: "a", 1: "a", 2: "b", 3: "b"})
+    >>> strategy.shard_for(7) == {0: "a", 1: "a", 2: "b", 3: "b"}[strategy.bucket_for(7)]
+    True
+    >>> sorted(Hash(buckets=1024).bind(["a", "b"]).shard_names())
+    ['a', 'b']
     """
 
     def __init__(
@@ -236,10 +245,11 @@ class Range(Strategy):
     ``boundaries`` is a sequence of ``(lower_bound, shard)`` pairs in increasing
     order; a lower bound of ``None`` means "from the smallest value".
 
-    Example::
+    Example:
 
-        Range([(None, "early"), (1000, "middle"), (5000, "late")])
-        # 999 -> "early", 1000 -> "middle", 10**9 -> "late"
+    >>> strategy = Range([(None, "early"), (1000, "middle"), (5000, "late")])
+    >>> strategy.shard_for(999), strategy.shard_for(1000), strategy.shard_for(10**9)
+    ('early', 'middle', 'late')
     """
 
     def __init__(self, boundaries: Iterable[tuple[Any, str]]) -> None:
@@ -306,9 +316,12 @@ class Range(Strategy):
 class Function(Strategy):
     """Your own function from shard-key value to shard name (or ``None``).
 
-    Example::
+    Example:
 
-        Function(lambda tenant_id: "big" if tenant_id in BIG_TENANTS else "small")
+    >>> big_tenants = {7, 11}
+    >>> strategy = Function(lambda tenant_id: "big" if tenant_id in big_tenants else "small")
+    >>> strategy.shard_for(7), strategy.shard_for(8)
+    ('big', 'small')
     """
 
     def __init__(
@@ -353,9 +366,17 @@ def as_strategy(
 class IdStrategy(Strategy):
     """Routes by a shard-aware ID: the shard is decoded from the ID itself.
 
-    Example::
+    Example:
 
-        IdStrategy(generator).shard_for(city.id)   # "europe"
+    >>> class Generator:  # stands in for a ShardAwareIdGenerator: anything with shard_of()
+    ...     def shard_of(self, value):
+    ...         if not isinstance(value, int):
+    ...             raise ValueError(value)
+    ...         return "asia" if value % 2 else "europe"
+    >>> IdStrategy(Generator()).shard_for(1234)
+    'europe'
+    >>> IdStrategy(Generator()).shard_for("not an id") is None  # proves nothing
+    True
     """
 
     def __init__(self, generator: Any) -> None:

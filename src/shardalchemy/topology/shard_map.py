@@ -14,13 +14,15 @@ Three placements, all first-class:
     (``{shard}_{table}`` by default: ``asia_weather_locations``).  Names are
     rewritten when SQL is compiled, never by editing SQL text.
 
-Example::
+Example:
 
-    shard_map = ShardMap.tables(
-        "sqlite:///weather.db", ["north_america", "asia", "europe", "south_america"]
-    )
-    shard_map.create_all(Base.metadata)
-    Session = shard_map.sessionmaker()
+>>> weather = ShardMap.tables("sqlite://", ["north_america", "asia", "europe", "south_america"])
+>>> weather.create_all(Base.metadata)
+>>> with weather.sessionmaker()() as session:
+...     session.add(City(id=10, continent="Asia", name="Osaka"))
+...     session.commit()
+>>> weather.table_name(City.__table__, "asia")
+'asia_cities'
 
 Every table of a sharded model exists once per shard.  In the ``tables``
 placement other tables exist once in the database; in the ``schema`` and
@@ -149,10 +151,12 @@ class ShardMap:
     def from_config(config: Mapping[str, Any]) -> ShardMap:
         """Build a shard map from plain data (e.g. parsed TOML/JSON).
 
-        Example::
+        Example:
 
-            ShardMap.from_config({"placement": "tables", "url": "sqlite:///w.db",
-                                  "shards": ["asia", "europe"]})
+        >>> ShardMap.from_config(
+        ...     {"placement": "tables", "url": "sqlite://", "shards": ["asia", "europe"]}
+        ... )
+        <TablesShardMap tables shards=['asia', 'europe']>
         """
         placement = config.get("placement")
         options = dict(config.get("engine_options", {}))
@@ -276,10 +280,12 @@ class ShardMap:
     def sessionmaker(self, **session_options: Any) -> Any:
         """A :class:`~sqlalchemy.orm.sessionmaker` of sessions over this shard map.
 
-        Example::
+        Example:
 
-            Session = shard_map.sessionmaker(expire_on_commit=False)
-            with Session() as session: ...
+        >>> Session = shard_map.sessionmaker(expire_on_commit=False)
+        >>> with Session() as session:
+        ...     session.get(City, 1)
+        City('Tokyo')
         """
         from sqlalchemy.orm import sessionmaker
 
