@@ -30,7 +30,8 @@ def test_every_public_name_is_exported() -> None:
 
 def test_exported_objects_say_they_are_shardalchemys() -> None:
     """Exported classes and functions come from the package (not re-exported SQLAlchemy)."""
-    for name in shardalchemy.__all__:
+    type_aliases = {"ShardName"}  # ShardName = str: the alias is the package's, its value is not
+    for name in sorted(set(shardalchemy.__all__) - type_aliases):
         value = getattr(shardalchemy, name)
         module = getattr(value, "__module__", None) or getattr(value, "__name__", "")
         assert module.startswith("shardalchemy"), (name, module)

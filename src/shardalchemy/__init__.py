@@ -51,7 +51,17 @@ from .inspection import StatementLog
 from .options import assign_shard, set_shard_id
 from .orm import ShardedResult, ShardedSession
 from .routing import Explanation, Route, Router
-from .sharding import FollowParent, Function, Hash, Lookup, Range, ShardKey, Strategy, shard_table
+from .sharding import (
+    FollowParent,
+    Function,
+    Hash,
+    Lookup,
+    Range,
+    ShardKey,
+    ShardName,
+    Strategy,
+    shard_table,
+)
 from .topology import ShardMap
 
 __version__ = "0.1.0"
@@ -78,6 +88,7 @@ __all__ = [
     "ShardKeyError",
     "ShardMap",
     "ShardMapError",
+    "ShardName",
     "ShardQueryError",
     "ShardTimeoutError",
     "ShardedResult",

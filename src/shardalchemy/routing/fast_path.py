@@ -16,6 +16,7 @@ from sqlalchemy.sql.elements import (
     BindParameter,
 )
 
+from ..sharding.strategies import ShardName
 from .predicates import And, In, Node, Unknown
 
 # The fast path of the common route, ``shard_key = :value`` (possibly ANDed with
@@ -23,7 +24,7 @@ from .predicates import And, In, Node, Unknown
 # execution's parameters) that returns the one shard, or None when it cannot
 # decide alone.  None is not a verdict: Router.route() then decides, so the
 # fast path only has to agree with route() when it does return a shard.
-SingleShard = Callable[[Sequence[BindParameter[Any]], Mapping[str, Any]], Any]
+SingleShard = Callable[[Sequence[BindParameter[Any]], Mapping[str, Any]], ShardName | None]
 
 
 def single_shard_function(node: Node) -> SingleShard | None:
@@ -44,7 +45,9 @@ def single_shard_function(node: Node) -> SingleShard | None:
         if len(picks) == 1:
             return picks[0]
 
-        def intersection(binds: Sequence[BindParameter[Any]], parameters: Mapping[str, Any]) -> Any:
+        def intersection(
+            binds: Sequence[BindParameter[Any]], parameters: Mapping[str, Any]
+        ) -> ShardName | None:
             chosen = None
             for pick in picks:
                 shard = pick(binds, parameters)
@@ -68,7 +71,9 @@ def _single_equality(node: In) -> SingleShard | None:
     expected = node.targets[0].python_type
     shard_for = node.targets[0].strategy.shard_for
 
-    def equality(binds: Sequence[BindParameter[Any]], parameters: Mapping[str, Any]) -> Any:
+    def equality(
+        binds: Sequence[BindParameter[Any]], parameters: Mapping[str, Any]
+    ) -> ShardName | None:
         bind = binds[position] if position >= 0 else fixed_bind
         key = bind.key
         if key in parameters:

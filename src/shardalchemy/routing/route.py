@@ -6,6 +6,8 @@ import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from ..sharding.strategies import ShardName
+
 
 class Route:
     """Where a statement runs: ``shards`` in shard-map order, and the ``reason``.
@@ -31,7 +33,7 @@ class Route:
 
     def __init__(
         self,
-        shards: Sequence[Any],
+        shards: Sequence[ShardName],
         reason: str | Callable[[], str],
         statement: str = "",
         *,
@@ -42,7 +44,7 @@ class Route:
     ) -> None:
         self.plan = plan
         self.plan_error = plan_error
-        self.shards: tuple[Any, ...] = tuple(shards)
+        self.shards: tuple[ShardName, ...] = tuple(shards)
         self._reason = reason
         self.statement = statement
         self.explanation = explanation
@@ -68,7 +70,7 @@ class Route:
             plan_error=self.plan_error,
         )
 
-    def __iter__(self) -> Iterator[Any]:
+    def __iter__(self) -> Iterator[ShardName]:
         return iter(self.shards)
 
     def __len__(self) -> int:
@@ -98,7 +100,7 @@ class Explanation:
     """
 
     text: str
-    shards: frozenset[Any] | None
+    shards: frozenset[ShardName] | None
     children: list[Explanation] = dataclasses.field(default_factory=list)
 
     def lines(self, indent: str = "") -> list[str]:

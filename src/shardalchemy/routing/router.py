@@ -57,6 +57,7 @@ from sqlalchemy.sql.elements import (
 from .._sqlalchemy.elements import cache_key as cache_key_of
 from .._sqlalchemy.elements import plain
 from ..sharding.rules import RuleBook
+from ..sharding.strategies import ShardName
 from .fast_path import SingleShard, single_shard_function
 from .predicates import MISSING, Analysis, Node, Or, Values
 from .route import Explanation, Route
@@ -93,7 +94,7 @@ class Router:
     def __init__(
         self,
         rules: RuleBook,
-        shard_names: Sequence[Any],
+        shard_names: Sequence[ShardName],
         cache_size: int = 500,
     ) -> None:
         self.rules = rules
@@ -129,7 +130,7 @@ class Router:
         self,
         statement: Any,
         parameters: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
-    ) -> Any:
+    ) -> ShardName | None:
         """The one shard :meth:`route` would choose, or ``None`` when it may not be one.
 
         The fast path for the common ``shard_key = :value`` statement: no
@@ -347,7 +348,7 @@ def route_statement(
     statement: Any,
     parameters: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None,
     rules: RuleBook,
-    shard_names: Sequence[str],
+    shard_names: Sequence[ShardName],
 ) -> Route:
     """Route one statement without a cache (see :class:`Router` for repeated use)."""
     return Router(rules, shard_names).route(statement, parameters)

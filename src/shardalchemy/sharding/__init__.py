@@ -11,7 +11,7 @@ Pure: no connection, no session.
 
 from .declarations import FollowParent, ShardKey, shard_table
 from .rules import FollowRule, KeyRule, Rule, RuleBook, UnshardedRule
-from .strategies import Function, Hash, IdStrategy, Lookup, Range, Strategy
+from .strategies import Function, Hash, IdStrategy, Lookup, Range, ShardName, Strategy
 
 __all__ = [
     "FollowParent",
@@ -25,6 +25,7 @@ __all__ = [
     "Rule",
     "RuleBook",
     "ShardKey",
+    "ShardName",
     "Strategy",
     "UnshardedRule",
     "shard_table",

@@ -26,7 +26,7 @@ from ..errors import (
     UnknownShardKeyError,
 )
 from .declarations import SHARDING_INFO_KEY, ShardKey, declaration_for, sharded_mappers
-from .strategies import Strategy
+from .strategies import ShardName, Strategy
 
 _DIRECTION_WORDS = {ONETOMANY: "one-to-many", MANYTOMANY: "many-to-many", MANYTOONE: "many-to-one"}
 
@@ -120,7 +120,7 @@ class UnshardedRule:
     """
 
     name: str
-    home: str | None
+    home: ShardName | None
 
 
 class RuleBook:
@@ -131,7 +131,9 @@ class RuleBook:
     map's shard names.
     """
 
-    def __init__(self, shard_names: tuple[str, ...], *, unsharded_home: str | None = None) -> None:
+    def __init__(
+        self, shard_names: tuple[ShardName, ...], *, unsharded_home: ShardName | None = None
+    ) -> None:
         self.shard_names = shard_names
         # where the topology keeps unsharded tables: one copy reached through
         # this shard, or (None) a copy on every shard

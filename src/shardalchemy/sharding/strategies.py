@@ -35,10 +35,13 @@ import decimal
 import hashlib
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, cast
+from typing import Any, TypeAlias, cast
 
 from ..errors import ShardMapError
 from ..ids.columns import generator_of
+
+ShardName: TypeAlias = str
+"""The name of a shard, as the shard map declares it (``"asia"``)."""
 
 
 class Strategy:
@@ -48,7 +51,7 @@ class Strategy:
     was declared without shard names (``Hash()``) take them from the shard map.
     """
 
-    def shard_for(self, value: Any) -> str | None:
+    def shard_for(self, value: Any) -> ShardName | None:
         """Return the shard holding ``value``, or ``None`` if there is none."""
         raise NotImplementedError
 
@@ -97,7 +100,7 @@ class Lookup(Strategy):
         self.mapping = dict(mapping)
         self.default = default
 
-    def shard_for(self, value: Any) -> str | None:
+    def shard_for(self, value: Any) -> ShardName | None:
         try:
             return self.mapping.get(value, self.default)
         except TypeError:  # an unhashable value maps to nothing
@@ -212,7 +215,7 @@ class Hash(Strategy):
         """The virtual bucket of ``value`` (0 <= bucket < ``buckets``)."""
         return stable_hash(value) % self.buckets
 
-    def shard_for(self, value: Any) -> str | None:
+    def shard_for(self, value: Any) -> ShardName | None:
         owners = self._owners
         if owners is None:
             raise ShardMapError("Hash strategy is not bound to shards; pass shards=[...]")
@@ -272,7 +275,7 @@ class Range(Strategy):
         self.first_shard = pairs[0][1] if self.open_start else None
         self.owners = [shard for _, shard in bounded]
 
-    def shard_for(self, value: Any) -> str | None:
+    def shard_for(self, value: Any) -> ShardName | None:
         try:
             position = bisect.bisect_right(self.bounds, value)
         except TypeError:
@@ -332,7 +335,7 @@ class Function(Strategy):
         self.function = function
         self._declared = frozenset(shards) or None
 
-    def shard_for(self, value: Any) -> str | None:
+    def shard_for(self, value: Any) -> ShardName | None:
         return self.function(value)
 
     def shard_names(self) -> frozenset[str] | None:
@@ -382,7 +385,7 @@ class IdStrategy(Strategy):
     def __init__(self, generator: Any) -> None:
         self.generator = generator
 
-    def shard_for(self, value: Any) -> str | None:
+    def shard_for(self, value: Any) -> ShardName | None:
         try:
             shard: str = self.generator.shard_of(value)
         except Exception:  # not an ID of this layout: it proves nothing
