@@ -150,3 +150,30 @@ def test_the_graph_sees_imports() -> None:
     assert "shardalchemy.cli.demo" in graph["shardalchemy.cli.main"]  # from . import demo
     assert "shardalchemy.orm.session" in graph["shardalchemy.cli.main"]  # inside a function
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def documented_room_graph() -> dict[str, set[str]]:
+    """The room graph ARCHITECTURE.md draws (``room -> a, b`` lines, continued when indented)."""
+    text = (PACKAGE.parent.parent / "ARCHITECTURE.md").read_text()
+    block = text.split("Today's room graph:", 1)[1].split("```", 2)[1]
+    graph: dict[str, set[str]] = {}
+    last: list[str] = []
+    for line in block.splitlines():
+        if "->" in line:
+            room, _, targets = line.partition("->")
+            last = [room.strip()]
+            graph[last[0]] = {t.strip() for t in targets.split(",") if t.strip()}
+        elif "(import nothing of ours)" in line:
+            last = [room.strip() for room in line.split("(")[0].split(",")]
+            graph.update({room: set() for room in last})
+        elif line.strip() and last:  # a continuation line
+            graph[last[0]].update(t.strip() for t in line.split(",") if t.strip())
+    return graph
+
+
+def test_architecture_md_draws_the_room_graph_as_it_is() -> None:
+    actual = {
+        room: targets - {"cli"} if room != "cli" else targets
+        for room, targets in room_graph().items()
+    }
+    assert documented_room_graph() == actual
