@@ -10,7 +10,11 @@ scenario of the README, on a throwaway SQLite file in the ``tables`` placement:
   created; ``Session`` (its sessionmaker) and an open ``session`` holding Tokyo (Asia),
   London and Dublin (Europe) and one report of each;
 - ``select``, ``func``, ``insert``, ``update``, ``delete``, ``text``, ``bindparam`` from
-  SQLAlchemy, and ``shardalchemy`` itself.
+  SQLAlchemy, and ``shardalchemy`` itself;
+- in the examples of ``shardalchemy.ids`` only: ``ids_url``, a SQLite file of its own holding
+  the ID tables (a shard map's SQLite shards in one file share a connection, so they cannot),
+  ``ids`` (a ``ShardAwareIdGenerator`` there, numbering ``shard_map``'s shards; it leases a
+  worker number at its first ID) and ``order_ids`` (the ``HiLoSequence`` "orders" there).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 import shardalchemy
 from shardalchemy import FollowParent, Lookup, ShardKey, ShardMap
+from shardalchemy.ids import HiLoSequence, ShardAwareIdGenerator, create_id_tables
 
 CONTINENTS = {
     "Asia": "asia",
@@ -97,6 +102,16 @@ def docstring_examples(request: pytest.FixtureRequest, tmp_path: Path) -> Iterat
         bindparam=bindparam,
         shardalchemy=shardalchemy,
     )
+    generators: list[Any] = []
+    if request.node.name.split(".")[:2] == ["shardalchemy", "ids"]:  # only they need them
+        ids_url = f"sqlite:///{tmp_path / 'ids.db'}"
+        create_id_tables(ids_url)
+        ids = ShardAwareIdGenerator(ids_url, shard_map)
+        order_ids = HiLoSequence("orders", ids_url)
+        generators += [ids, order_ids]
+        namespace.update(ids_url=ids_url, ids=ids, order_ids=order_ids)
     yield
+    for generator in generators:
+        generator.close()
     session.close()
     shard_map.dispose()

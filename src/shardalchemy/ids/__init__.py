@@ -17,26 +17,30 @@ Three choices, all usable as ORM or Core column defaults, sync and async:
 
 Create the tables the first two need once with :func:`create_id_tables`.
 
-Example::
+Example (the doctests keep the ID tables in a SQLite file of their own, ``ids_url``: a shard
+map's SQLite shards in one file share a connection, which cannot hold them; on a server,
+``shard_map.bind("asia")`` does):
 
-    from shardalchemy.ids import (
-        HiLoSequence, ShardAwareIdGenerator, create_id_tables, mapped_id_column,
-    )
-
-    create_id_tables(shard_map.bind("asia"))
-    ids = ShardAwareIdGenerator(shard_map.bind("asia"), shard_map)
-
-    class City(Base):
-        __tablename__ = "cities"
-        __sharding__ = ShardKey("continent", Lookup({"Asia": "asia", "Europe": "europe"}))
-        id: Mapped[int] = mapped_id_column(ids)
-        continent: Mapped[str]
-
-    with shard_map.sessionmaker()() as session:
-        city = City(continent="Europe")
-        session.add(city)
-        session.commit()
-        ids.shard_of(city.id)   # "europe"
+>>> from sqlalchemy.orm import DeclarativeBase, Mapped
+>>> from shardalchemy import Lookup, ShardKey
+>>> from shardalchemy.ids import ShardAwareIdGenerator, create_id_tables, mapped_id_column
+>>> create_id_tables(ids_url)
+>>> ids = ShardAwareIdGenerator(ids_url, shard_map)
+>>> class Numbered(DeclarativeBase):
+...     pass
+>>> class Town(Numbered):
+...     __tablename__ = "towns"
+...     __sharding__ = ShardKey("continent", Lookup({"Asia": "asia", "Europe": "europe"}))
+...     id: Mapped[int] = mapped_id_column(ids)
+...     continent: Mapped[str]
+>>> shard_map.create_all(Numbered.metadata)
+>>> with Session() as session:
+...     town = Town(continent="Europe")
+...     session.add(town)
+...     session.commit()
+...     ids.shard_of(town.id)
+'europe'
+>>> ids.close()
 """
 
 from .columns import (

@@ -7,16 +7,14 @@ generator of a column (marked, or a plain ``default=generator.column_default``)
 and :func:`shard_of_id` turns an ID into its shard when the generator encodes
 one, which is what routing ``get()`` / ``WHERE id = ...`` / ``IN`` by ID needs.
 
-Example::
+Example (``ids`` is a :class:`~shardalchemy.ids.ShardAwareIdGenerator`):
 
-    ids = ShardAwareIdGenerator(shard_map.bind("asia"), shard_map)
-
-    class City(Base):
-        __tablename__ = "cities"
-        __sharding__ = ShardKey("continent", Lookup({...}))
-        id: Mapped[int] = mapped_id_column(ids)
-
-    shard_of_id(City.__table__.c.id, city.id)   # "europe" for a European city
+>>> from sqlalchemy import MetaData, Table
+>>> towns = Table("towns", MetaData(), id_column("id", ids))
+>>> generator_of(towns.c.id) is ids
+True
+>>> shard_of_id(towns.c.id, ids.next_id("europe"))  # the ID of a row on "europe"
+'europe'
 """
 
 from __future__ import annotations
@@ -35,10 +33,15 @@ ID_GENERATOR_INFO = "shardalchemy.id_generator"
 class IdGenerator(Protocol):
     """What every ID generator offers: the protocol of the three generators.
 
-    Example::
+    Example:
 
-        def describe(generator: IdGenerator) -> str:
-            return "shard-aware" if generator.encodes_shard else "plain"
+    >>> from shardalchemy.ids import UUIDv7Generator
+    >>> def describe(generator: IdGenerator) -> str:
+    ...     return "shard-aware" if generator.encodes_shard else "plain"
+    >>> describe(ids), describe(order_ids), describe(UUIDv7Generator())
+    ('shard-aware', 'plain', 'plain')
+    >>> isinstance(order_ids, IdGenerator)
+    True
     """
 
     encodes_shard: bool
@@ -70,9 +73,14 @@ def id_column(name: str, generator: IdGenerator, **kwargs: Any) -> Column[Any]:
 
     ``kwargs`` go to ``Column`` (``primary_key=False``, ``comment=...``).
 
-    Example::
+    Example:
 
-        cities = Table("cities", metadata, id_column("id", ids), Column("name", String(50)))
+    >>> from sqlalchemy import MetaData, String, Table
+    >>> towns = Table("towns", MetaData(), id_column("id", ids), Column("name", String(50)))
+    >>> towns.c.id.primary_key, towns.c.id.autoincrement, towns.c.id.type
+    (True, False, BigInteger())
+    >>> towns.c.id.info[ID_GENERATOR_INFO] is ids
+    True
     """
     options = _column_options(generator, kwargs)
     return Column(name, generator.column_type(), **options)
@@ -81,11 +89,16 @@ def id_column(name: str, generator: IdGenerator, **kwargs: Any) -> Column[Any]:
 def mapped_id_column(generator: IdGenerator, **kwargs: Any) -> MappedColumn[Any]:
     """An ORM :func:`~sqlalchemy.orm.mapped_column` numbered by ``generator``.
 
-    Example::
+    Example:
 
-        class City(Base):
-            __tablename__ = "cities"
-            id: Mapped[int] = mapped_id_column(ids)
+    >>> from sqlalchemy.orm import DeclarativeBase
+    >>> class Numbered(DeclarativeBase):
+    ...     pass
+    >>> class Town(Numbered):
+    ...     __tablename__ = "towns"
+    ...     id = mapped_id_column(ids)  # in a module of yours: id: Mapped[int] = ...
+    >>> generator_of(Town.id) is ids, Town.__table__.c.id.primary_key
+    (True, True)
     """
     options = _column_options(generator, kwargs)
     return mapped_column(generator.column_type(), **options)
@@ -98,9 +111,14 @@ def generator_of(column: Any) -> Any | None:
     plain ``default=generator.column_default``.  Accepts a ``Column`` or an
     ORM attribute (``City.id``).
 
-    Example::
+    Example:
 
-        generator_of(City.id)   # <ShardAwareIdGenerator 'default' ...>
+    >>> generator_of(id_column("id", ids))
+    <ShardAwareIdGenerator 'default' worker=None shards={'asia': 0, ...} on database sqlite:///...>
+    >>> generator_of(Column("id", order_ids.column_type(), default=order_ids.column_default))
+    <HiLoSequence 'orders' block_size=1000 on database sqlite:///...>
+    >>> generator_of(City.id) is None  # numbered by the database, not by a generator
+    True
     """
     column = getattr(column, "expression", column)  # an ORM attribute -> its column
     info = getattr(column, "info", None) or {}
@@ -118,9 +136,12 @@ def shard_of_id(column: Any, value: Any) -> str | None:
     Raises :class:`~shardalchemy.ids.InvalidIdError` for a value that cannot be
     an ID of the column's shard-aware generator.
 
-    Example::
+    Example:
 
-        shard_of_id(City.id, city.id)   # the shard of city's row, e.g. "europe"
+    >>> shard_of_id(id_column("id", ids), ids.next_id("europe"))
+    'europe'
+    >>> shard_of_id(id_column("id", order_ids), order_ids.next_id()) is None  # no shard in it
+    True
     """
     generator = generator_of(column)
     if generator is None or not generator.encodes_shard:

@@ -43,16 +43,22 @@ class HiLoSequence:
     on first use, starting at ``start``.  Every process and thread using the
     same name and store draws from one sequence, with no duplicates.
 
-    Example::
+    Example (``ids_url``: a database holding the ID tables; on a server, a shard map's
+    ``bind("asia")`` can be the store too):
 
-        order_ids = HiLoSequence("orders", shard_map.bind("asia"), block_size=1000)
-        order_ids.next_id()                  # 1, then 2, 3, ... from memory
-
-        class Order(Base):
-            __tablename__ = "orders"
-            id: Mapped[int] = mapped_id_column(order_ids)   # or default=order_ids.column_default
-
-        await order_ids.next_id_async()      # from asyncio code
+    >>> order_ids = HiLoSequence("orders", ids_url, block_size=1000)
+    >>> order_ids.next_id(), order_ids.next_id(), order_ids.next_id()  # leases 1..1000
+    (1, 2, 3)
+    >>> import asyncio
+    >>> asyncio.run(order_ids.next_id_async())  # from asyncio code
+    4
+    >>> from sqlalchemy import MetaData, Table
+    >>> from shardalchemy.ids import id_column
+    >>> orders = Table("orders", MetaData(), id_column("id", order_ids))  # ORM: mapped_id_column
+    >>> with shard_map.bind("asia").begin() as connection:
+    ...     orders.create(connection)
+    ...     connection.execute(insert(orders)).inserted_primary_key
+    (5,)
     """
 
     encodes_shard = False
@@ -97,9 +103,12 @@ class HiLoSequence:
     def next_id(self) -> int:
         """The next value; leases a new block (a short transaction) when the current one is used.
 
-        Example::
+        Example:
 
-            HiLoSequence("orders", engine).next_id()
+        >>> order_ids.next_id(), order_ids.next_id()  # the first leases 1..1000 (block_size)
+        (1, 2)
+        >>> HiLoSequence("invoices", ids_url, start=5000).next_id()
+        5000
         """
         while True:
             with self._lock:
@@ -122,9 +131,13 @@ class HiLoSequence:
     async def next_id_async(self) -> int:
         """:meth:`next_id` for asyncio code: a lease awaits instead of blocking the loop.
 
-        Example::
+        Example:
 
-            order_id = await order_ids.next_id_async()
+        >>> import asyncio
+        >>> async def take_three() -> list[int]:
+        ...     return [await order_ids.next_id_async() for _ in range(3)]
+        >>> asyncio.run(take_three())
+        [1, 2, 3]
         """
         while True:
             value = self._take()
@@ -148,9 +161,15 @@ class HiLoSequence:
     def column_default(self, context: Any) -> int:
         """A column default (SQLAlchemy passes the execution context, unused here).
 
-        Example::
+        Example:
 
-            Column("id", BigInteger, primary_key=True, default=order_ids.column_default)
+        >>> from sqlalchemy import Column, MetaData, Table
+        >>> id_ = Column("id", BigInteger, primary_key=True, default=order_ids.column_default)
+        >>> orders = Table("orders", MetaData(), id_)
+        >>> with shard_map.bind("asia").begin() as connection:
+        ...     orders.create(connection)
+        ...     connection.execute(insert(orders)).inserted_primary_key
+        (1,)
         """
         return self.next_id()
 
@@ -164,9 +183,15 @@ class HiLoSequence:
 
         For bulk loads that number rows themselves.
 
-        Example::
+        Example:
 
-            for value, row in zip(order_ids.lease_block(), rows): ...
+        >>> block = order_ids.lease_block()
+        >>> block
+        range(1, 1001)
+        >>> [{"id": value, "item": item} for value, item in zip(block, ["tea", "rice"])]
+        [{'id': 1, 'item': 'tea'}, {'id': 2, 'item': 'rice'}]
+        >>> order_ids.next_id()  # the leased block is yours alone
+        1001
         """
         return run_program(self._store, self._lease_program())
 
@@ -223,9 +248,13 @@ class HiLoSequence:
     def close(self) -> None:
         """Forget the values left in memory (a gap) and close an engine made from a URL.
 
-        Example::
+        Example:
 
-            order_ids.close()
+        >>> order_ids.next_id()
+        1
+        >>> order_ids.close()  # 2..1000 are never handed out
+        >>> order_ids.next_id()  # (used again, it leases a new block)
+        1001
         """
         with self._lock:
             self._next = self._stop = 0
@@ -235,9 +264,15 @@ class HiLoSequence:
     async def close_async(self) -> None:
         """:meth:`close` for asyncio code (also closes an async engine made from a URL).
 
-        Example::
+        Example:
 
-            await order_ids.close_async()
+        >>> import asyncio
+        >>> async def main() -> int:
+        ...     order_id = await order_ids.next_id_async()
+        ...     await order_ids.close_async()
+        ...     return order_id
+        >>> asyncio.run(main())
+        1
         """
         with self._lock:
             self._next = self._stop = 0

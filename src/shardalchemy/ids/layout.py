@@ -24,12 +24,18 @@ Every width, the epoch and the tick length are configurable; the four widths
 must add up to 63 bits or fewer.  Nothing here does I/O or reads a clock: the
 current time is always passed in, so the module is tested with plain values.
 
-Example::
+Example:
 
-    layout = IdLayout(shard_bits=8, worker_bits=5, sequence_bits=9)
-    id_ = layout.encode(tick=123_456_789, shard=3, worker=1, sequence=0)
-    layout.decode(id_).shard      # 3
-    print(layout.describe())
+>>> layout = IdLayout(shard_bits=8, worker_bits=5, sequence_bits=9)
+>>> id_ = layout.encode(tick=123_456_789, shard=3, worker=1, sequence=0)
+>>> layout.decode(id_).shard
+3
+>>> print(layout.describe())
+63-bit IDs (the sign bit stays 0), most significant field first:
+  time      41 bits  1 ms ticks since 2025-01-01T00:00:00Z, until 2094-09-07T15:47:35Z
+  shard      8 bits  up to 256 shards
+  worker     5 bits  up to 32 live processes
+  sequence   9 bits  512 IDs per tick per process
 """
 
 from __future__ import annotations
@@ -65,10 +71,13 @@ def _utc(unix_ms: int) -> str:
 class IdParts(NamedTuple):
     """The four fields of one ID, as returned by :meth:`IdLayout.decode`.
 
-    Example::
+    Example:
 
-        IdLayout().decode(IdLayout().encode(1000, 2, 5, 7))
-        # IdParts(tick=1000, shard=2, worker=5, sequence=7)
+    >>> parts = IdLayout().decode(IdLayout().encode(1000, 2, 5, 7))
+    >>> parts
+    IdParts(tick=1000, shard=2, worker=5, sequence=7)
+    >>> parts.shard
+    2
     """
 
     tick: int
@@ -84,11 +93,16 @@ class IdLayout:
     Invalid layouts are rejected when built, with an :class:`IdLayoutError`
     naming the fields and their bits.
 
-    Example::
+    Example:
 
-        IdLayout()                                   # 41 | 6 | 6 | 10, ms since 2025
-        IdLayout(shard_bits=10, worker_bits=4, sequence_bits=8)  # 1024 shards
-        IdLayout(time_bits=39, tick_ms=10, shard_bits=8, worker_bits=6, sequence_bits=10)
+    >>> IdLayout()  # 41 | 6 | 6 | 10, milliseconds since 2025
+    IdLayout(time_bits=41, shard_bits=6, worker_bits=6, sequence_bits=10, epoch_ms=1735689600000,
+             tick_ms=1)
+    >>> IdLayout(shard_bits=10, worker_bits=4, sequence_bits=8).max_shards
+    1024
+    >>> coarse = IdLayout(time_bits=39, tick_ms=10, shard_bits=8, worker_bits=6, sequence_bits=10)
+    >>> print(coarse.describe().splitlines()[1])  # 10 ms ticks: fewer bits last longer
+      time      39 bits  10 ms ticks since 2025-01-01T00:00:00Z, until 2199-03-19T03:28:58Z
     """
 
     time_bits: int = 41
@@ -128,9 +142,10 @@ class IdLayout:
     def widths(self) -> dict[str, int]:
         """Bits of each field, most significant first.
 
-        Example::
+        Example:
 
-            IdLayout().widths()  # {"time": 41, "shard": 6, "worker": 6, "sequence": 10}
+        >>> IdLayout().widths()
+        {'time': 41, 'shard': 6, 'worker': 6, 'sequence': 10}
         """
         return {
             "time": self.time_bits,
@@ -178,18 +193,22 @@ class IdLayout:
     def tick_of(self, unix_ms: int) -> int:
         """The tick a Unix time in milliseconds falls in (negative before the epoch).
 
-        Example::
+        Example:
 
-            IdLayout().tick_of(DEFAULT_EPOCH_MS + 1500)  # 1500
+        >>> IdLayout().tick_of(DEFAULT_EPOCH_MS + 1500)
+        1500
+        >>> IdLayout(tick_ms=10).tick_of(DEFAULT_EPOCH_MS + 1500)
+        150
         """
         return (unix_ms - self.epoch_ms) // self.tick_ms
 
     def unix_ms_of(self, tick: int) -> int:
         """The Unix time in milliseconds a tick starts at.
 
-        Example::
+        Example:
 
-            IdLayout().unix_ms_of(1500) == DEFAULT_EPOCH_MS + 1500
+        >>> IdLayout().unix_ms_of(1500) == DEFAULT_EPOCH_MS + 1500
+        True
         """
         return self.epoch_ms + tick * self.tick_ms
 
@@ -197,9 +216,15 @@ class IdLayout:
     def encode(self, tick: int, shard: int, worker: int, sequence: int) -> int:
         """Pack four field values into one ID; each must fit its field.
 
-        Example::
+        Example:
 
-            IdLayout().encode(tick=1000, shard=2, worker=5, sequence=7)
+        >>> IdLayout().encode(tick=1000, shard=2, worker=5, sequence=7)
+        4194440199
+        >>> IdLayout().encode(tick=1000, shard=64, worker=5, sequence=7)
+        Traceback (most recent call last):
+          ...
+        shardalchemy.ids.errors.IdLayoutError: shard value 64 does not fit the shard field
+        (6 bits: 0..63)
         """
         values = {"time": tick, "shard": shard, "worker": worker, "sequence": sequence}
         for field, value in values.items():
@@ -222,9 +247,15 @@ class IdLayout:
         Raises :class:`InvalidIdError` for something that cannot be an ID of
         this layout (not an int, negative, or wider than the layout).
 
-        Example::
+        Example:
 
-            layout.decode(layout.encode(1000, 2, 5, 7))  # IdParts(1000, 2, 5, 7)
+        >>> layout = IdLayout()
+        >>> layout.decode(layout.encode(1000, 2, 5, 7))
+        IdParts(tick=1000, shard=2, worker=5, sequence=7)
+        >>> layout.decode(2**63)
+        Traceback (most recent call last):
+          ...
+        shardalchemy.ids.errors.InvalidIdError: 9223372036854775808 is not an ID of this layout: ...
         """
         if isinstance(value, bool) or not isinstance(value, int):
             raise InvalidIdError(f"{value!r} is not an ID: IDs are ints")
@@ -243,12 +274,14 @@ class IdLayout:
     def describe(self) -> str:
         """The layout in words: each field, its bits and what they hold.
 
-        Example::
+        Example:
 
-            print(IdLayout().describe())
-            # 63-bit IDs (the sign bit stays 0), most significant field first:
-            #   time      41 bits  1 ms ticks since 2025-01-01T00:00:00Z, until 2094-09-07T15:47:35Z
-            #   ...
+        >>> print(IdLayout().describe())
+        63-bit IDs (the sign bit stays 0), most significant field first:
+          time      41 bits  1 ms ticks since 2025-01-01T00:00:00Z, until 2094-09-07T15:47:35Z
+          shard      6 bits  up to 64 shards
+          worker     6 bits  up to 64 live processes
+          sequence  10 bits  1024 IDs per tick per process
         """
         unit = f"{self.tick_ms} ms ticks"
         used = sum(self.widths().values())
@@ -272,10 +305,16 @@ def number_shards(shards: Sequence[str] | Mapping[str, int], layout: IdLayout) -
     may leave gaps (reserved for future shards).  Raises :class:`IdLayoutError`
     when the shard field cannot hold them all.
 
-    Example::
+    Example:
 
-        number_shards(["asia", "europe"], IdLayout())        # {"asia": 0, "europe": 1}
-        number_shards({"asia": 4, "europe": 9}, IdLayout())  # explicit, stable numbers
+    >>> number_shards(["asia", "europe"], IdLayout())
+    {'asia': 0, 'europe': 1}
+    >>> number_shards({"asia": 4, "europe": 9}, IdLayout())  # explicit, stable numbers
+    {'asia': 4, 'europe': 9}
+    >>> number_shards({"asia": 4, "europe": 64}, IdLayout())
+    Traceback (most recent call last):
+      ...
+    shardalchemy.ids.errors.IdLayoutError: shard 'europe' has number 64, but the shard field has ...
     """
     if isinstance(shards, str):
         raise IdLayoutError(f"shards must be a sequence or mapping of names, got {shards!r}")
@@ -333,12 +372,15 @@ class IdClock:
     ``floor_tick`` is the first tick it may use (a worker number taken over
     from another process resumes after that process's last possible tick).
 
-    Example::
+    Example:
 
-        clock = IdClock(IdLayout(), max_backward_ms=50)
-        clock.advance(DEFAULT_EPOCH_MS + 10)   # (10, 0)
-        clock.advance(DEFAULT_EPOCH_MS + 10)   # (10, 1)
-        clock.advance(DEFAULT_EPOCH_MS + 5)    # (-1, 5): wait 5 ms
+    >>> clock = IdClock(IdLayout(), max_backward_ms=50)
+    >>> clock.advance(DEFAULT_EPOCH_MS + 10)
+    (10, 0)
+    >>> clock.advance(DEFAULT_EPOCH_MS + 10)
+    (10, 1)
+    >>> clock.advance(DEFAULT_EPOCH_MS + 5)  # the clock went back 5 ms: wait 5 ms
+    (-1, 5)
     """
 
     __slots__ = (

@@ -87,16 +87,32 @@ class ShardAwareIdGenerator:
     Keep the numbering stable: append new shards, never reorder.  ``name``
     separates the worker numbers of independent generators sharing a table.
 
-    Example::
+    Example (``ids_url``: a database holding the ID tables; on a server, a shard map's
+    ``bind("asia")`` can be the store too):
 
-        ids = ShardAwareIdGenerator(shard_map.bind("asia"), shard_map)
-        new_id = ids.next_id("europe")
-        ids.shard_of(new_id)            # "europe"
-
-        class City(Base):
-            __tablename__ = "cities"
-            __sharding__ = ShardKey("continent", Lookup({...}))
-            id: Mapped[int] = mapped_id_column(ids)   # the INSERT's shard goes in the ID
+    >>> ids = ShardAwareIdGenerator(ids_url, shard_map)
+    >>> new_id = ids.next_id("europe")
+    >>> ids.shard_of(new_id)
+    'europe'
+    >>> from sqlalchemy import String
+    >>> from sqlalchemy.orm import DeclarativeBase, mapped_column
+    >>> from shardalchemy import Lookup, ShardKey
+    >>> from shardalchemy.ids import mapped_id_column
+    >>> class Numbered(DeclarativeBase):
+    ...     pass
+    >>> class Town(Numbered):
+    ...     __tablename__ = "towns"
+    ...     __sharding__ = ShardKey("continent", Lookup({"Asia": "asia", "Europe": "europe"}))
+    ...     id = mapped_id_column(ids)  # the INSERT's shard goes in the ID
+    ...     continent = mapped_column(String(20))
+    >>> shard_map.create_all(Numbered.metadata)
+    >>> with Session() as session:
+    ...     town = Town(continent="Asia")
+    ...     session.add(town)
+    ...     session.flush()
+    ...     ids.shard_of(town.id)
+    'asia'
+    >>> ids.close()
     """
 
     encodes_shard = True
@@ -178,9 +194,15 @@ class ShardAwareIdGenerator:
     def next_id(self, shard: str) -> int:
         """A new ID for a row on ``shard``; leases a worker number on first use.
 
-        Example::
+        Example:
 
-            ids.next_id("asia")
+        >>> new_id = ids.next_id("asia")
+        >>> ids.shard_of(new_id), ids.next_id("asia") > new_id
+        ('asia', True)
+        >>> ids.next_id("oceania")
+        Traceback (most recent call last):
+          ...
+        shardalchemy.errors.UnknownShardError: unknown shard 'oceania' in ...
         """
         shard_part = self._shard_parts.get(shard)
         if shard_part is None:
@@ -199,9 +221,11 @@ class ShardAwareIdGenerator:
     async def next_id_async(self, shard: str) -> int:
         """:meth:`next_id` for asyncio code: leases and renewals await.
 
-        Example::
+        Example:
 
-            new_id = await ids.next_id_async("asia")
+        >>> new_id = asyncio.run(ids.next_id_async("asia"))  # await ... in asyncio code
+        >>> ids.shard_of(new_id)
+        'asia'
         """
         shard_part = self._shard_parts.get(shard)
         if shard_part is None:
@@ -251,9 +275,23 @@ class ShardAwareIdGenerator:
         both work).  Raises :class:`IdConfigurationError` for an INSERT that
         does not run on a shard.
 
-        Example::
+        Example:
 
-            Column("id", BigInteger, primary_key=True, default=ids.column_default)
+        >>> from sqlalchemy import Column, MetaData, Table, create_engine
+        >>> id_ = Column("id", BigInteger, primary_key=True, default=ids.column_default)
+        >>> towns = Table("towns", MetaData(), id_)
+        >>> with shard_map.bind("europe").begin() as connection:
+        ...     towns.create(connection)
+        ...     (town_id,) = connection.execute(insert(towns)).inserted_primary_key
+        >>> ids.shard_of(town_id)
+        'europe'
+        >>> with create_engine("sqlite://").begin() as connection:  # not a shard
+        ...     towns.create(connection)
+        ...     connection.execute(insert(towns))
+        Traceback (most recent call last):
+          ...
+        shardalchemy.ids.errors.IdConfigurationError: shard-aware ID generator 'default': the
+        INSERT into 'towns' does not run on a shard ...
         """
         options = getattr(context, "execution_options", None) or {}
         shard = options.get(SHARD_OPTION)
@@ -286,9 +324,11 @@ class ShardAwareIdGenerator:
     def decode(self, value: int) -> IdParts:
         """The fields of an ID (see :meth:`IdLayout.decode`).
 
-        Example::
+        Example:
 
-            ids.decode(new_id).worker
+        >>> parts = ids.decode(ids.next_id("europe"))
+        >>> parts.shard == ids.shard_numbers["europe"], parts.worker == ids.worker
+        (True, True)
         """
         return self.layout.decode(value)
 
@@ -298,9 +338,15 @@ class ShardAwareIdGenerator:
         Raises :class:`InvalidIdError` for a value that is not an ID of this
         generator's layout, or whose shard number names no shard.
 
-        Example::
+        Example:
 
-            ids.shard_of(ids.next_id("europe"))   # "europe"
+        >>> ids.shard_of(ids.next_id("europe"))
+        'europe'
+        >>> ids.shard_of(ids.layout.encode(tick=1, shard=9, worker=0, sequence=0))
+        Traceback (most recent call last):
+          ...
+        shardalchemy.ids.errors.InvalidIdError: ID 4784128 has shard number 9, which names no
+        shard of generator 'default' (it numbers {'asia': 0, 'europe': 1, ...})
         """
         number = self.layout.decode(value).shard
         shard = self._shards_by_number.get(number)
@@ -314,9 +360,15 @@ class ShardAwareIdGenerator:
     def unix_ms_of(self, value: int) -> int:
         """When an ID was issued, in Unix milliseconds (start of its tick).
 
-        Example::
+        Example:
 
-            datetime.fromtimestamp(ids.unix_ms_of(new_id) / 1000, UTC)
+        >>> from datetime import datetime, timezone
+        >>> before_ms = time.time_ns() // 1_000_000
+        >>> new_id = ids.next_id("asia")
+        >>> before_ms <= ids.unix_ms_of(new_id) <= time.time_ns() // 1_000_000
+        True
+        >>> datetime.fromtimestamp(ids.unix_ms_of(new_id) / 1000, timezone.utc)
+        datetime.datetime(..., tzinfo=datetime.timezone.utc)
         """
         return self.layout.unix_ms_of(self.layout.decode(value).tick)
 
@@ -327,9 +379,13 @@ class ShardAwareIdGenerator:
     def start(self) -> None:
         """Lease a worker number now instead of at the first ID (fails early if impossible).
 
-        Example::
+        Example:
 
-            ids.start(); ids.worker   # e.g. 3
+        >>> ids.worker is None  # no worker number before the first ID
+        True
+        >>> ids.start()
+        >>> 0 <= ids.worker < ids.layout.max_workers
+        True
         """
         self._maintain(required=True)
 
@@ -591,9 +647,15 @@ class ShardAwareIdGenerator:
     def close(self) -> None:
         """Stop renewing, release the worker number for another process, and stop issuing.
 
-        Example::
+        Example:
 
-            ids.close()
+        >>> ids.next_id("asia") > 0
+        True
+        >>> ids.close()  # its worker number is free for another process
+        >>> ids.next_id("asia")
+        Traceback (most recent call last):
+          ...
+        shardalchemy.ids.errors.IdConfigurationError: shard-aware ID generator 'default' is closed
         """
         self._is_closed = True
         self._stop_renewing.set()
@@ -610,9 +672,14 @@ class ShardAwareIdGenerator:
     async def close_async(self) -> None:
         """:meth:`close` for asyncio code (also closes an async engine made from a URL).
 
-        Example::
+        Example:
 
-            await ids.close_async()
+        >>> async def main() -> str:
+        ...     new_id = await ids.next_id_async("asia")
+        ...     await ids.close_async()
+        ...     return ids.shard_of(new_id)  # decoding needs no lease
+        >>> asyncio.run(main())
+        'asia'
         """
         self._is_closed = True
         self._stop_renewing.set()

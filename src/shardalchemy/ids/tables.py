@@ -16,10 +16,15 @@ generators look for them (a designated shard, or a database of their own)
 with :func:`create_id_tables`, or add ``ID_METADATA``'s tables to your
 migrations.
 
-Example::
+Example (the shards of a SQLite shard map in one file share a connection, which cannot hold
+the generators' short transactions: there, give the tables a file of their own, as the
+doctests do with ``ids_url``):
 
-    create_id_tables(shard_map.bind("asia"))      # on a designated shard
-    create_id_tables("postgresql+psycopg://db/ids")  # or a database of their own
+>>> from sqlalchemy import inspect
+>>> create_id_tables(shard_map.bind("asia"))  # on a designated shard
+>>> sorted(set(inspect(shard_map.bind("asia")).get_table_names()) & set(ID_METADATA.tables))
+['shardalchemy_sequences', 'shardalchemy_workers']
+>>> create_id_tables(ids_url)  # or in a database of their own
 """
 
 from __future__ import annotations
@@ -78,9 +83,14 @@ def create_id_tables(bind: Engine | Connection | str | URL) -> None:
     ``bind`` may be a shard map's ``bind(shard)``: the tables then live on that
     shard (in its schema, for the ``schema`` placement).
 
-    Example::
+    Example:
 
-        create_id_tables(shard_map.bind("asia"))
+    >>> from sqlalchemy import inspect
+    >>> url = ids_url.replace("ids.db", "fresh.db")
+    >>> create_id_tables(url)
+    >>> create_id_tables(url)  # idempotent
+    >>> inspect(create_engine(url)).get_table_names()
+    ['shardalchemy_sequences', 'shardalchemy_workers']
     """
     if isinstance(bind, Connection):
         _create(bind)
@@ -102,9 +112,19 @@ def create_id_tables(bind: Engine | Connection | str | URL) -> None:
 async def create_id_tables_async(bind: Any) -> None:
     """:func:`create_id_tables` for an :class:`~sqlalchemy.ext.asyncio.AsyncEngine`.
 
-    Example::
+    Example:
 
-        await create_id_tables_async(create_async_engine("postgresql+asyncpg://.../ids"))
+    >>> import asyncio
+    >>> from sqlalchemy import inspect
+    >>> from sqlalchemy.ext.asyncio import create_async_engine
+    >>> url = ids_url.replace("ids.db", "fresh.db")
+    >>> async def main() -> None:
+    ...     engine = create_async_engine(url.replace("sqlite:", "sqlite+aiosqlite:"))
+    ...     await create_id_tables_async(engine)
+    ...     await engine.dispose()
+    >>> asyncio.run(main())
+    >>> inspect(create_engine(url)).get_table_names()
+    ['shardalchemy_sequences', 'shardalchemy_workers']
     """
     from sqlalchemy.ext.asyncio import AsyncEngine
 

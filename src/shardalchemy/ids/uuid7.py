@@ -34,9 +34,12 @@ _MAX_MS = (1 << 48) - 1
 def uuid7_from(unix_ms: int, counter: int, random_bits: int) -> uuid.UUID:
     """Assemble a UUIDv7 from its parts (pure): 48-bit ms, 12-bit counter, 62 random bits.
 
-    Example::
+    Example:
 
-        uuid7_from(1_735_689_600_000, 0, 0)   # UUID('01941f29-7c00-7000-8000-000000000000')
+    >>> uuid7_from(1_735_689_600_000, 0, 0)  # 2025-01-01T00:00:00Z
+    UUID('01941f29-7c00-7000-8000-000000000000')
+    >>> uuid7_from(1_735_689_600_000, 0xABC, 1).version
+    7
     """
     if not 0 <= unix_ms <= _MAX_MS:
         raise InvalidIdError(f"UUIDv7 time must fit 48 bits of Unix ms, got {unix_ms}")
@@ -53,9 +56,17 @@ def uuid7_from(unix_ms: int, counter: int, random_bits: int) -> uuid.UUID:
 def unix_ms_of(value: uuid.UUID) -> int:
     """The Unix time in milliseconds a UUIDv7 was made at.
 
-    Example::
+    Example:
 
-        unix_ms_of(UUIDv7Generator().next_id())   # about time.time() * 1000
+    >>> unix_ms_of(uuid7_from(1_735_689_600_000, 0, 0))
+    1735689600000
+    >>> before_ms = time.time_ns() // 1_000_000
+    >>> before_ms <= unix_ms_of(UUIDv7Generator().next_id()) <= time.time_ns() // 1_000_000
+    True
+    >>> unix_ms_of(uuid.uuid4())
+    Traceback (most recent call last):
+      ...
+    shardalchemy.ids.errors.InvalidIdError: UUID('...') is not a UUIDv7
     """
     if not isinstance(value, uuid.UUID) or value.version != 7:
         raise InvalidIdError(f"{value!r} is not a UUIDv7")
@@ -67,14 +78,21 @@ class UUIDv7Generator:
 
     The shard is **not** encoded (see the module notes); ``encodes_shard`` is False.
 
-    Example::
+    Example:
 
-        uuids = UUIDv7Generator()
-        uuids.next_id()                         # UUID('0194...-7...-...')
-
-        class Event(Base):
-            __tablename__ = "events"
-            id: Mapped[uuid.UUID] = mapped_id_column(uuids)   # a Uuid column
+    >>> uuids = UUIDv7Generator()
+    >>> first = uuids.next_id()
+    >>> first.version, uuids.next_id() > first, uuids.encodes_shard
+    (7, True, False)
+    >>> from sqlalchemy.orm import DeclarativeBase
+    >>> from shardalchemy.ids import mapped_id_column
+    >>> class Numbered(DeclarativeBase):
+    ...     pass
+    >>> class Event(Numbered):
+    ...     __tablename__ = "events"
+    ...     id = mapped_id_column(uuids)  # in a module of yours: id: Mapped[uuid.UUID] = ...
+    >>> Event.__table__.c.id.type
+    Uuid()
     """
 
     encodes_shard = False
@@ -102,9 +120,14 @@ class UUIDv7Generator:
     def next_id(self) -> uuid.UUID:
         """A new UUIDv7, greater than every earlier one from this generator.
 
-        Example::
+        Example:
 
-            UUIDv7Generator().next_id()
+        >>> uuids = UUIDv7Generator()
+        >>> uuids.next_id()
+        UUID('...')
+        >>> batch = [uuids.next_id() for _ in range(10_000)]
+        >>> batch == sorted(batch) and len(set(batch)) == len(batch)
+        True
         """
         with self._lock:
             now = self._now_ms()
@@ -122,18 +145,29 @@ class UUIDv7Generator:
     async def next_id_async(self) -> uuid.UUID:
         """:meth:`next_id` for asyncio code (no I/O; provided for a uniform API).
 
-        Example::
+        Example:
 
-            await uuids.next_id_async()
+        >>> import asyncio
+        >>> asyncio.run(UUIDv7Generator().next_id_async()).version  # await ... in asyncio code
+        7
         """
         return self.next_id()
 
     def column_default(self, context: Any) -> uuid.UUID:
         """A column default (SQLAlchemy passes the execution context, unused here).
 
-        Example::
+        Example:
 
-            Column("id", Uuid, primary_key=True, default=uuids.column_default)
+        >>> from sqlalchemy import Column, MetaData, Table, create_engine
+        >>> uuids = UUIDv7Generator()
+        >>> id_ = Column("id", Uuid, primary_key=True, default=uuids.column_default)
+        >>> events = Table("events", MetaData(), id_)
+        >>> engine = create_engine("sqlite://")
+        >>> events.create(engine)
+        >>> with engine.begin() as connection:
+        ...     (event_id,) = connection.execute(insert(events)).inserted_primary_key
+        >>> event_id.version
+        7
         """
         return self.next_id()
 
