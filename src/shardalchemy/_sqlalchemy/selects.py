@@ -104,3 +104,19 @@ def is_distinct(statement: Any) -> bool:
 def for_update(statement: Any) -> Any:
     """A SELECT's FOR UPDATE clause (``Select._for_update_arg``), or ``None``."""
     return getattr(statement, "_for_update_arg", None)
+
+
+def correlation(statement: Any) -> tuple[tuple[Any, ...], tuple[Any, ...] | None, bool]:
+    """How a SELECT correlates when nested: (``correlate(...)`` FROMs, ``correlate_except(...)``
+    FROMs or ``None``, auto-correlation on).
+
+    ``Select._correlate``, ``_correlate_except`` and ``_auto_correlate`` are what the
+    compiler reads to drop FROMs of the enclosing query (SQLAlchemy 2.0's
+    ``SelectState._get_display_froms``); the co-location analysis repeats that decision.
+    """
+    excepted = getattr(statement, "_correlate_except", None)
+    return (
+        tuple(getattr(statement, "_correlate", ())),
+        tuple(excepted) if excepted is not None else None,
+        bool(getattr(statement, "_auto_correlate", True)),
+    )

@@ -23,6 +23,7 @@ class Route:
 
     __slots__ = (
         "_reason",
+        "colocation",
         "explanation",
         "plan",
         "plan_error",
@@ -41,6 +42,7 @@ class Route:
         scatter: bool = False,
         plan: Any = None,
         plan_error: Exception | None = None,
+        colocation: Any = None,
     ) -> None:
         self.plan = plan
         self.plan_error = plan_error
@@ -50,6 +52,10 @@ class Route:
         self.explanation = explanation
         self.scatter = scatter
         """True when the router could not prune: the statement reaches every shard."""
+        self.colocation = colocation
+        """What proved that the rows the statement combines live on one shard (or why
+        nothing did): a :class:`~shardalchemy.routing.colocation.Colocation`, when the
+        router analysed the statement."""
 
     @property
     def reason(self) -> str:
@@ -68,6 +74,7 @@ class Route:
             scatter=self.scatter,
             plan=self.plan,
             plan_error=self.plan_error,
+            colocation=self.colocation,
         )
 
     def __iter__(self) -> Iterator[ShardName]:

@@ -58,6 +58,7 @@ from .._sqlalchemy.elements import cache_key as cache_key_of
 from .._sqlalchemy.elements import plain
 from ..sharding.rules import RuleBook
 from ..sharding.strategies import ShardName
+from .colocation import Colocation, colocation
 from .fast_path import SingleShard, single_shard_function
 from .predicates import MISSING, Analysis, Node, Or, Values
 from .route import Explanation, Route
@@ -74,6 +75,7 @@ class Shape:
     why: str
     cacheable: bool = True  # False when a compared bind is not in the cache key
     first_shard_only: bool = False  # the answer is the same on every shard
+    colocation: Colocation | None = None  # what proved the rows it combines co-located
     # (binds, parameters) -> the one shard, or None: see _single_shard_function
     single: SingleShard | None = dataclasses.field(
         init=False, default=None, compare=False, repr=False
@@ -207,24 +209,23 @@ class Router:
             # same answer (or, writing, apply it again)
             why = "reads no table" if not tables else "reads only tables that are not sharded"
             return Shape(None, f"{why}: one shard answers", first_shard_only=True)
-        if len(groups) > 1:
-            described = "; ".join(", ".join(names) for names in groups.values())
-            return Shape(
-                None,
-                f"reads tables sharded independently of each other ({described}): "
-                "each shard can only combine its own rows",
-            )
+        proof = colocation(statement, self.rules)
+        if not proof.proven:
+            # rows of different shards may meet: no shard's rows prove where the others
+            # are, so nothing prunes (and the planner refuses it on several shards)
+            return Shape(None, proof.problem or "", colocation=proof)
         analysis = Analysis(self.rules, positions)
         analysis.has_outer_join = has_outer_join(statement)
         if isinstance(statement, CompoundSelect):
             parts = [self._where(select, analysis) for select in statement.selects]
             if any(part is None for part in parts):
-                return Shape(None, "a SELECT of the UNION has no WHERE clause")
-            return Shape(Or(tuple(p for p in parts if p is not None)), "", analysis.cacheable)
-        predicate = self._where(statement, analysis)
-        if predicate is None:
-            return Shape(None, "no WHERE clause")
-        return Shape(predicate, "", cacheable=analysis.cacheable)
+                return Shape(None, "a SELECT of the UNION has no WHERE clause", colocation=proof)
+            predicate: Node = Or(tuple(p for p in parts if p is not None))
+            return Shape(predicate, "", analysis.cacheable, colocation=proof)
+        where = self._where(statement, analysis)
+        if where is None:
+            return Shape(None, "no WHERE clause", colocation=proof)
+        return Shape(where, "", cacheable=analysis.cacheable, colocation=proof)
 
     def _where(self, statement: Any, analysis: Analysis) -> Node | None:
         while isinstance(statement, Grouping):
@@ -249,13 +250,16 @@ class Router:
         explain: bool,
     ) -> Route:
         every = self.shard_names
+        colocated = plan.colocation
         if plan.first_shard_only:
             tree = Explanation(plan.why, frozenset(every[:1])) if explain else None
             return Route(every[:1], plan.why, explanation=tree)
         if plan.predicate is None:
             why = plan.why
             tree = Explanation(why, None) if explain else None
-            return Route(every, f"{why}; all shards", explanation=tree, scatter=True)
+            return Route(
+                every, f"{why}; all shards", explanation=tree, scatter=True, colocation=colocated
+            )
         if parameters is None:
             parameter_sets: Sequence[Mapping[str, Any]] = ({},)
         elif isinstance(parameters, Mapping):
@@ -278,6 +282,7 @@ class Router:
                 lambda: _reason_text(_explain_all(predicate, binds, parameter_sets)),
                 explanation=tree,
                 scatter=True,
+                colocation=colocated,
             )
 
         def reason() -> str:
@@ -287,17 +292,17 @@ class Router:
         if len(union) == 1:
             (shard,) = union
             if shard in self._position:
-                return Route((shard,), reason, explanation=tree)
+                return Route((shard,), reason, explanation=tree, colocation=colocated)
         if union and union.issubset(self._position):
             shards = tuple(sorted(union, key=self._position.__getitem__))
-            return Route(shards, reason, explanation=tree)
+            return Route(shards, reason, explanation=tree, colocation=colocated)
         if not union:
 
             def empty_reason() -> str:
                 return f"{reason()}; no shard can match, running on {every[0]} alone"
 
-            return Route(every[:1], empty_reason, explanation=tree)
-        return Route(every, reason, explanation=tree, scatter=True)
+            return Route(every[:1], empty_reason, explanation=tree, colocation=colocated)
+        return Route(every, reason, explanation=tree, scatter=True, colocation=colocated)
 
 
 def _explain_all(
