@@ -41,9 +41,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from sqlalchemy import MetaData, create_engine, event, inspect, text
+from sqlalchemy import MetaData, create_engine, event, inspect
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.pool import SingletonThreadPool, StaticPool
+from sqlalchemy.schema import CreateSchema
 
 from .._sqlalchemy import drivers
 from .._sqlalchemy.dialects import refresh_shard_dialect, shard_dialect
@@ -78,6 +79,65 @@ def _engine_for(
 
         return create_async_engine(url, **options).sync_engine
     return create_engine(url, **options)
+
+
+def _repeated(mapping: Mapping[str, Any], key: Any = None) -> list[tuple[str, str]]:
+    """Pairs of keys of ``mapping`` whose values are the same (after ``key``)."""
+    seen: dict[Any, str] = {}
+    pairs = []
+    for name, value in mapping.items():
+        folded = key(value) if key is not None and isinstance(value, str) else value
+        if folded in seen:
+            pairs.append((seen[folded], name))
+        else:
+            seen[folded] = name
+    return pairs
+
+
+def _refuse_shared_databases(targets: Mapping[str, Any]) -> None:
+    """Two shards of the ``database`` placement given the same database (URL or engine)."""
+    identities: dict[str, Any] = {}
+    for shard, target in targets.items():
+        if isinstance(target, Engine):
+            identity: Any = ("engine", id(drivers.engine_of(target)))
+            url = target.url
+        else:
+            try:
+                url = make_url(target)
+            except Exception:  # reported with its own message when the engine is built
+                continue
+            identity = None
+        if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
+            continue  # every in-memory SQLite database is a database of its own
+        rendered = url.set(drivername=url.get_backend_name()).render_as_string(hide_password=False)
+        for key in (identity, ("url", rendered)):
+            if key is None:
+                continue
+            other = identities.setdefault(key, shard)
+            if other != shard:
+                raise ShardMapError(
+                    f"shards {other!r} and {shard!r} are given the same database "
+                    f"({url.render_as_string(hide_password=True)}): they would share their "
+                    "rows; give each shard a database of its own"
+                )
+
+
+def _database_identity(connection: Connection) -> Any:
+    """Who the database behind ``connection`` is, as the server tells (``None``: unknown)."""
+    dialect = connection.dialect.name
+    if dialect == "sqlite":
+        database = connection.engine.url.database
+        if not database or database == ":memory:":
+            return None
+        return ("sqlite", str(Path(database).resolve()))
+    if dialect == "postgresql":
+        query = "SELECT current_database(), inet_server_addr(), current_setting('port')"
+    elif dialect in ("mysql", "mariadb"):
+        query = "SELECT DATABASE(), @@hostname, @@port"
+    else:
+        return None
+    row = connection.exec_driver_sql(query).first()
+    return (dialect, *(str(value) for value in row)) if row is not None else None
 
 
 def _check_names(names: Iterable[str], what: str) -> tuple[str, ...]:
@@ -158,14 +218,28 @@ class ShardMap:
         ... )
         <TablesShardMap tables shards=['asia', 'europe']>
         """
+        if not isinstance(config, Mapping):
+            raise ShardMapError(f"a shard map config is a mapping of settings, not {config!r}")
         placement = config.get("placement")
-        options = dict(config.get("engine_options", {}))
         known = {"placement", "url", "shards", "naming", "engine_options"}
         unknown = sorted(set(config) - known)
         if unknown:
             raise ShardMapError(f"unknown shard map setting(s) {unknown}; known: {sorted(known)}")
         if "shards" not in config:
             raise ShardMapError("shard map config needs 'shards'")
+        shards = config["shards"]
+        if isinstance(shards, str | bytes) or not isinstance(shards, Sequence | Mapping):
+            raise ShardMapError(
+                f"shard map config 'shards' must be a list of shard names (or a mapping of "
+                f"shard -> URL or schema), not {shards!r}"
+            )
+        engine_options = config.get("engine_options", {})
+        if not isinstance(engine_options, Mapping):
+            raise ShardMapError(
+                "shard map config 'engine_options' must be a mapping of create_engine() "
+                f"arguments, not {engine_options!r}"
+            )
+        options = dict(engine_options)
         if placement == "database":
             return DatabaseShardMap(config["shards"], **options)
         if "url" not in config:
@@ -332,10 +406,33 @@ class DatabaseShardMap(ShardMap):
         super().__init__(list(shards))
         self._targets = dict(shards)
         self._engine_options = engine_options
+        _refuse_shared_databases(self._targets)
 
     def _make_bind(self, shard: str) -> Engine:
         engine = _engine_for(self._targets[shard], False, self._engine_options)
         return engine.execution_options(**{SHARD_OPTION: shard})
+
+    def create_all(self, metadata: MetaData) -> None:
+        """Create every table on every shard, after checking no two shards are one database.
+
+        URLs that differ can still name one database (``localhost`` and ``127.0.0.1``):
+        each shard's server is asked who it is first.
+        """
+        self.check(metadata)
+        owners: dict[Any, str] = {}
+        for shard in self.shard_names:
+            with self.bind(shard).connect() as connection:
+                identity = _database_identity(connection)
+            if identity is None:
+                continue
+            other = owners.setdefault(identity, shard)
+            if other != shard:
+                where = self.location(shard)
+                raise ShardMapError(
+                    f"shards {other!r} and {shard!r} reach the same database ({where}): they "
+                    "would share their rows; give each shard a database of its own"
+                )
+        super().create_all(metadata)
 
     def location(self, shard: str) -> str:
         return f"database {self.bind(shard).url.render_as_string(hide_password=True)}"
@@ -386,6 +483,13 @@ class SchemaShardMap(_OneDatabaseShardMap):
         for shard, schema in schemas.items():
             if not isinstance(schema, str) or not schema or "[" in schema or "]" in schema:
                 raise ShardMapError(f"shard {shard!r}: invalid schema name {schema!r}")
+        shared = _repeated(schemas, str.lower)  # MariaDB/SQLite fold schema names' case
+        if shared:
+            raise ShardMapError(
+                f"shards {' and '.join(map(repr, shared[0]))} name the same schema "
+                f"{schemas[shared[0][0]]!r}: they would share their rows; give each shard a "
+                "schema of its own"
+            )
         self.schema_names = schemas
 
     def _setup_engine(self, engine: Engine) -> None:
@@ -402,11 +506,13 @@ class SchemaShardMap(_OneDatabaseShardMap):
         }
         self.sqlite_files = files
 
+        quote = engine.dialect.identifier_preparer.quote_identifier  # always quoted, " doubled
+
         @event.listens_for(engine, "connect")
         def attach_shard_files(dbapi_connection: Any, record: Any) -> None:
             cursor = dbapi_connection.cursor()
             for schema, path in files.items():
-                cursor.execute(f'ATTACH DATABASE ? AS "{schema}"', (path,))
+                cursor.execute(f"ATTACH DATABASE ? AS {quote(schema)}", (path,))
             cursor.close()
 
     def _make_bind(self, shard: str) -> Engine:
@@ -415,11 +521,10 @@ class SchemaShardMap(_OneDatabaseShardMap):
         )
 
     def _create_tables(self, connection: Connection, shard: str, metadata: MetaData) -> None:
-        dialect = connection.dialect.name
-        if dialect != "sqlite":  # on SQLite, ATTACH created the schema's file
-            quoted = connection.dialect.identifier_preparer.quote_schema(self.schema_names[shard])
-            kind = "DATABASE" if dialect in ("mysql", "mariadb") else "SCHEMA"
-            connection.execute(text(f"CREATE {kind} IF NOT EXISTS {quoted}"))
+        if connection.dialect.name != "sqlite":  # on SQLite, ATTACH created the schema's file
+            # SQLAlchemy's DDL construct quotes the name and escapes it for the driver's
+            # paramstyle (a schema named 50%off on psycopg)
+            connection.execute(CreateSchema(self.schema_names[shard], if_not_exists=True))
         super()._create_tables(connection, shard, metadata)
 
     def location(self, shard: str) -> str:
@@ -478,6 +583,25 @@ class TablesShardMap(_OneDatabaseShardMap):
         bind = engine.execution_options(**{SHARD_OPTION: shard})
         bind.dialect = shard_dialect(engine, shard_renamer(shard, self.naming))
         return bind
+
+    def check(self, metadata: MetaData) -> None:
+        """Also refuse physical names that coincide (``eu`` + ``west_orders`` = ``eu_west`` +
+        ``orders``): two shards' tables would be one table."""
+        super().check(metadata)
+        owners: dict[str, str] = {}
+        for table in metadata.sorted_tables:
+            for shard in self.shard_names:
+                name = self.table_name(table, shard).lower()
+                owner = f"table {table.name!r} of shard {shard!r}"
+                if self.table_name(table, shard) == str(table.name):
+                    owner = f"the unsharded table {table.name!r}"
+                previous = owners.setdefault(name, owner)
+                if previous != owner:
+                    raise ShardMapError(
+                        f"{previous} and {owner} would both be the table {name!r} in the "
+                        f"tables placement (naming {self.naming!r}); rename a table or a shard, "
+                        "or choose a naming with a separator the names do not contain"
+                    )
 
     # ``checkfirst`` would look for the unprefixed names, so look ourselves
     def _create_tables(self, connection: Connection, shard: str, metadata: MetaData) -> None:
