@@ -196,6 +196,10 @@ class _Analysis:
         sharded = [source for source in self.sources if _is_sharded(source)]
         if not sharded:
             return PROVEN_UNSHARDED
+        if not top:
+            # a SELECT without FROM (SELECT EXISTS (...)): it combines no rows; what each
+            # shard's subqueries answer is for the planner to merge (or refuse)
+            return Colocation(True, ("a SELECT without FROM combines no rows",))
         top_sharded = [source for source in top if source in sharded]
         if not top_sharded:
             inner = sharded[0]
