@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import decimal
 import functools
+import json
 from typing import Any
 
 import pytest
@@ -18,13 +19,16 @@ from hypothesis import strategies as st
 from shardalchemy.merge import (
     Aggregate,
     AggregateSlot,
+    Compute,
     Concatenate,
     Distinct,
+    Filter,
     Limit,
     MergeSort,
     PadSpaceText,
     Sort,
     SortKey,
+    as_is,
     pad_space,
     run,
 )
@@ -228,3 +232,129 @@ def test_a_postgresql_average_has_postgresqls_scale(total: Any, count: int, post
     row = (decimal.Decimal("1.0"), total, count)  # the shard's own AVG only lends its type
     (merged,) = Aggregate((), (slot,), scalar=True).apply([row])
     assert str(merged[0]) == postgresql_says
+
+
+# -- the operators as plain data (explain --json) ----------------------------------------------
+
+transforms = st.sampled_from([as_is, pad_space])
+sort_keys = st.builds(
+    SortKey,
+    index=st.integers(0, 20),
+    descending=st.booleans(),
+    nulls_first=st.booleans(),
+    transform=transforms,
+    label=st.text(max_size=10),
+)
+slots = st.builds(
+    AggregateSlot,
+    kind=st.sampled_from(["count", "sum", "min", "max", "avg", "any", "count_distinct"]),
+    index=st.integers(0, 20),
+    sources=st.lists(st.integers(0, 20), max_size=3).map(tuple),
+    transform=transforms,
+    label=st.text(max_size=10),
+    division=st.sampled_from(["like", "postgresql"]),
+)
+
+
+@st.composite
+def aggregates(draw: Any) -> Aggregate:
+    group = tuple(draw(st.lists(st.integers(0, 20), max_size=3)))
+    return Aggregate(
+        group,
+        tuple(draw(st.lists(slots, max_size=3))),
+        scalar=not group,
+        group_transforms=tuple(draw(transforms) for _ in group),
+        group_labels=tuple(draw(st.text(max_size=5)) for _ in group),
+    )
+
+
+@st.composite
+def computes(draw: Any) -> Compute:
+    indices = draw(st.lists(st.integers(0, 20), max_size=3))
+    return Compute(
+        tuple((index, lambda row: None) for index in indices),
+        tuple(draw(st.text(max_size=5)) for _ in indices),
+    )
+
+
+@st.composite
+def distincts(draw: Any) -> Distinct:
+    indices = tuple(draw(st.lists(st.integers(0, 20), max_size=3)))
+    return Distinct(indices, tuple(draw(transforms) for _ in indices))
+
+
+operators = st.one_of(
+    st.just(Concatenate()),
+    st.builds(MergeSort, st.lists(sort_keys, min_size=1, max_size=3).map(tuple)),
+    aggregates(),
+    computes(),
+    st.builds(Filter, st.just(lambda row: True), st.text(max_size=20)),
+    st.builds(
+        Sort, st.lists(sort_keys, min_size=1, max_size=3).map(tuple), st.none() | st.integers(0, 99)
+    ),
+    distincts(),
+    st.builds(Limit, st.none() | st.integers(0, 99), st.integers(0, 99)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(operators, st.lists(st.just({"operator": "Route", "children": []}), max_size=1))
+def test_every_operator_describes_itself_as_json_data(operator: Any, children: list[Any]) -> None:
+    description = operator.description(children)
+    assert json.loads(json.dumps(description)) == description  # plain data, JSON values only
+    assert description["operator"] == operator.describe().split()[0] == type(operator).__name__
+    assert description["children"] == children
+    names = list(description)
+    assert (names[0], names[-1]) == ("operator", "children")
+
+
+def test_operator_descriptions_name_their_parameters() -> None:
+    key = SortKey(2, descending=True, nulls_first=False, transform=pad_space, label="cities.name")
+    assert MergeSort((key,)).description() == {
+        "operator": "MergeSort",
+        "keys": [
+            {
+                "column": 2,
+                "label": "cities.name",
+                "descending": True,
+                "nulls_first": False,
+                "compare": "pad_space",
+            }
+        ],
+        "children": [],
+    }
+    assert Sort((key,), top=5).description()["top"] == 5
+    assert Limit(None, 3).description() == {
+        "operator": "Limit",
+        "limit": None,
+        "offset": 3,
+        "children": [],
+    }
+    average = AggregateSlot("avg", 1, (3, 4, 1), label="avg(x)", division="postgresql")
+    aggregate = Aggregate((0,), (average,), scalar=False, group_labels=("g",))
+    assert aggregate.description() == {
+        "operator": "Aggregate",
+        "aggregates": [
+            {
+                "kind": "avg",
+                "column": 1,
+                "sources": [3, 4, 1],
+                "label": "avg(x)",
+                "compare": "as_is",
+                "division": "postgresql",
+            }
+        ],
+        "group_by": [{"column": 0, "label": "g", "compare": "as_is"}],
+        "scalar": False,
+        "children": [],
+    }
+    assert Distinct((0, 5), (as_is, pad_space)).description()["columns"] == [
+        {"column": 0, "compare": "as_is"},
+        {"column": 5, "compare": "pad_space"},
+    ]
+    assert Filter(lambda row: True, "HAVING count(*) > 2").description()["predicate"] == (
+        "HAVING count(*) > 2"
+    )
+    compute = Compute(((3, lambda row: None),), ("max(x) - min(x)",))
+    assert compute.description()["columns"] == [{"column": 3, "label": "max(x) - min(x)"}]
+    assert Concatenate().description() == {"operator": "Concatenate", "children": []}

@@ -3,11 +3,14 @@
 Pure and streaming, one job per operator: :mod:`.combine` joins the shards'
 streams (concatenated, or k-way merge-sorted), :mod:`.aggregate`
 re-aggregates partial aggregates, :mod:`.steps` computes, filters, sorts,
-makes distinct and limits; :mod:`.keys` says how values compare.
+makes distinct and limits; :mod:`.keys` says how values compare.  Each operator
+prints as one line (``describe()``) and describes itself as plain data
+(``description()``, :mod:`.description`).
 """
 
 from .aggregate import Aggregate, AggregateSlot, postgresql_division_scale
 from .combine import Combiner, Concatenate, MergeSort
+from .description import Description
 from .keys import PadSpaceText, Row, SortKey, Transform, as_is, pad_space, sort_key
 from .steps import Compute, Distinct, Filter, Limit, Sort, Step, run
 
@@ -17,6 +20,7 @@ __all__ = [
     "Combiner",
     "Compute",
     "Concatenate",
+    "Description",
     "Distinct",
     "Filter",
     "Limit",

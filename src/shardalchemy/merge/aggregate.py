@@ -5,10 +5,11 @@ from __future__ import annotations
 import dataclasses
 import decimal
 import operator
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-from .keys import Row, Transform, as_is
+from .description import Description, node
+from .keys import Row, Transform, as_is, transform_name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +33,17 @@ class AggregateSlot:
     # how a decimal AVG is rounded: to the scale of the shards' own AVG ("like",
     # MariaDB's fixed increment), or to the scale PostgreSQL's numeric division picks
     division: str = "like"
+
+    def description(self) -> dict[str, Any]:
+        """The slot as plain data: its kind, where its value goes and where its partials are."""
+        return {
+            "kind": self.kind,
+            "column": self.index,
+            "sources": list(self.sources),
+            "label": self.label,
+            "compare": transform_name(self.transform),
+            "division": self.division,
+        }
 
 
 class _Group:
@@ -116,6 +128,21 @@ class Aggregate:
         if not self.group:
             return f"Aggregate {', '.join(parts)} (no GROUP BY: one row)"
         return f"Aggregate {', '.join(parts)} GROUP BY {', '.join(self.group_labels)}"
+
+    def description(self, children: Sequence[Description] = ()) -> Description:
+        transforms = self.group_transforms or tuple(as_is for _ in self.group)
+        labels = self.group_labels or tuple("" for _ in self.group)
+        group_by = [
+            {"column": index, "label": label, "compare": transform_name(transform)}
+            for index, transform, label in zip(self.group, transforms, labels, strict=True)
+        ]
+        return node(
+            "Aggregate",
+            children,
+            aggregates=[slot.description() for slot in self.slots],
+            group_by=group_by,
+            scalar=self.scalar,
+        )
 
 
 def _is_plain(slot: AggregateSlot) -> bool:

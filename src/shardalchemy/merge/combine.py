@@ -7,6 +7,7 @@ import heapq
 import itertools
 from collections.abc import Iterator, Sequence
 
+from .description import Description, node
 from .keys import Row, SortKey, sort_key
 
 
@@ -18,6 +19,9 @@ class Concatenate:
 
     def describe(self) -> str:
         return "Concatenate"
+
+    def description(self, children: Sequence[Description] = ()) -> Description:
+        return node("Concatenate", children)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +37,9 @@ class MergeSort:
 
     def describe(self) -> str:
         return f"MergeSort {', '.join(key.describe() for key in self.keys)}"
+
+    def description(self, children: Sequence[Description] = ()) -> Description:
+        return node("MergeSort", children, keys=[key.description() for key in self.keys])
 
 
 Combiner = Concatenate | MergeSort

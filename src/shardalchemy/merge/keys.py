@@ -61,6 +61,11 @@ class PadSpaceText:
         return hash(self.value.rstrip(" "))
 
 
+def transform_name(transform: Transform) -> str:
+    """A comparison form by name, for plans as data: ``as_is``, ``pad_space``."""
+    return str(getattr(transform, "__name__", type(transform).__name__))
+
+
 def pad_space(value: Any) -> Any:
     """The comparison form of a value under a PAD SPACE binary collation."""
     return PadSpaceText(value) if isinstance(value, str) else value
@@ -86,6 +91,16 @@ class SortKey:
         direction = "DESC" if self.descending else "ASC"
         nulls = "NULLS FIRST" if self.nulls_first else "NULLS LAST"
         return f"{self.label or f'#{self.index}'} {direction} {nulls}"
+
+    def description(self) -> dict[str, Any]:
+        """The key as plain data: its column's position and label, direction, NULLs, comparison."""
+        return {
+            "column": self.index,
+            "label": self.label,
+            "descending": self.descending,
+            "nulls_first": self.nulls_first,
+            "compare": transform_name(self.transform),
+        }
 
     def part(self) -> Callable[[Any], Any]:
         null_key = (0,) if self.nulls_first else (2,)

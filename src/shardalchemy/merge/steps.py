@@ -10,14 +10,19 @@ from typing import Any
 
 from .aggregate import Aggregate
 from .combine import Combiner
-from .keys import Row, SortKey, Transform, sort_key
+from .description import Description, node
+from .keys import Row, SortKey, Transform, sort_key, transform_name
 
 
 @dataclasses.dataclass(frozen=True)
 class Compute:
-    """Expressions over merged aggregates (``sum(x) + count(*)``), computed per merged row."""
+    """Expressions over merged aggregates (``sum(x) + count(*)``), computed per merged row.
+
+    ``labels`` name the expressions (for the plan as data), one per column.
+    """
 
     columns: tuple[tuple[int, Callable[[Row], Any]], ...]
+    labels: tuple[str, ...] = ()
 
     def apply(self, rows: Iterable[Row]) -> Iterator[Row]:
         columns = self.columns
@@ -29,6 +34,14 @@ class Compute:
 
     def describe(self) -> str:
         return f"Compute {len(self.columns)} expression(s) over the merged aggregates"
+
+    def description(self, children: Sequence[Description] = ()) -> Description:
+        labels = self.labels or tuple("" for _ in self.columns)
+        computed = [
+            {"column": index, "label": label}
+            for (index, _), label in zip(self.columns, labels, strict=True)
+        ]
+        return node("Compute", children, columns=computed)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +57,9 @@ class Filter:
 
     def describe(self) -> str:
         return f"Filter {self.label}"
+
+    def description(self, children: Sequence[Description] = ()) -> Description:
+        return node("Filter", children, predicate=self.label)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +78,9 @@ class Sort:
     def describe(self) -> str:
         top = f" (top {self.top})" if self.top is not None else ""
         return f"Sort {', '.join(key.describe() for key in self.keys)}{top}"
+
+    def description(self, children: Sequence[Description] = ()) -> Description:
+        return node("Sort", children, keys=[key.description() for key in self.keys], top=self.top)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +102,13 @@ class Distinct:
     def describe(self) -> str:
         return f"Distinct over {len(self.indices)} column(s)"
 
+    def description(self, children: Sequence[Description] = ()) -> Description:
+        columns = [
+            {"column": index, "compare": transform_name(transform)}
+            for index, transform in zip(self.indices, self.transforms, strict=True)
+        ]
+        return node("Distinct", children, columns=columns)
+
 
 @dataclasses.dataclass(frozen=True)
 class Limit:
@@ -98,6 +124,9 @@ class Limit:
     def describe(self) -> str:
         limit = "ALL" if self.limit is None else str(self.limit)
         return f"Limit {limit} offset {self.offset}"
+
+    def description(self, children: Sequence[Description] = ()) -> Description:
+        return node("Limit", children, limit=self.limit, offset=self.offset)
 
 
 Step = Aggregate | Compute | Filter | Sort | Distinct | Limit
