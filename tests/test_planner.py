@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import (
     ForeignKey,
     String,
@@ -295,3 +298,152 @@ def test_the_plan_prints_as_an_operator_tree() -> None:
     assert lines[1].startswith("└── Sort cities.name ASC NULLS FIRST")
     assert lines[2].strip().startswith("└── Aggregate count(*) GROUP BY cities.name")
     assert lines[-1].strip().startswith("└── each shard: SELECT cities.name, count(*)")
+
+
+# -- the plan as a tree of operators, as plain data (explain --json) ----------------------------
+
+COLUMNS = {"name": City.name, "code": City.code, "population": City.population, "id": City.id}
+AGGREGATES = {
+    "count": func.count(),
+    "sum": func.sum(City.population),
+    "avg": func.avg(City.population),
+    "max": func.max(City.code),
+    "count_distinct": func.count(City.name.distinct()),
+    "spread": func.max(City.population) - func.min(City.population),
+}
+
+
+@st.composite
+def statements(draw: Any) -> Any:
+    """Statements of every shape the planner merges: rows, entities, groups, UNION, EXISTS."""
+    shape = draw(st.sampled_from(["rows", "entity", "grouped", "union", "exists"]))
+    if shape == "exists":
+        return select(exists().where(City.population > draw(st.integers(0, 9))))
+    if shape == "union":
+        compound = draw(st.sampled_from([union, union_all]))
+        statement = compound(select(City.id), select(Report.city_id))
+        if draw(st.booleans()):
+            statement = statement.order_by("id")
+    elif shape == "entity":
+        statement = select(City)
+        keys = draw(st.lists(st.sampled_from(sorted(COLUMNS)), max_size=2, unique=True))
+        statement = statement.order_by(*[COLUMNS[key].desc() for key in keys])
+    elif shape == "rows":
+        chosen = draw(st.lists(st.sampled_from(sorted(COLUMNS)), min_size=1, unique=True))
+        statement = select(*[COLUMNS[key] for key in chosen])
+        keys = draw(st.lists(st.sampled_from(sorted(COLUMNS)), max_size=2, unique=True))
+        statement = statement.order_by(*[COLUMNS[key] for key in keys])
+        if draw(st.booleans()):
+            statement = statement.distinct()
+    else:
+        groups = draw(st.lists(st.sampled_from(["name", "code"]), max_size=2, unique=True))
+        chosen = draw(st.lists(st.sampled_from(sorted(AGGREGATES)), min_size=1, unique=True))
+        statement = select(*[COLUMNS[key] for key in groups], *[AGGREGATES[a] for a in chosen])
+        statement = statement.select_from(City).group_by(*[COLUMNS[key] for key in groups])
+        if draw(st.booleans()):
+            statement = statement.having(func.count() > draw(st.integers(0, 3)))
+        order = draw(st.lists(st.sampled_from(sorted(AGGREGATES)), max_size=1))
+        statement = statement.order_by(*[AGGREGATES[a].desc() for a in order])
+    limit, offset = draw(st.none() | st.integers(0, 9)), draw(st.none() | st.integers(0, 9))
+    return statement.limit(limit).offset(offset)
+
+
+def walk(tree: dict[str, Any]) -> list[dict[str, Any]]:
+    """The nodes of a described plan, top down (each operator reads one input)."""
+    nodes = [tree]
+    while nodes[-1]["children"]:
+        (child,) = nodes[-1]["children"]
+        nodes.append(child)
+    return nodes
+
+
+@settings(max_examples=150, deadline=None)
+@given(statements(), st.sampled_from([SQLITE, POSTGRESQL, MARIADB]))
+def test_the_described_plan_is_the_printed_tree_as_plain_data(
+    statement: Any, facts: DatabaseFacts
+) -> None:
+    try:
+        planned = plan(statement, facts)
+    except CrossShardQueryError:
+        return  # (text keys under a collation neither Python nor WEIGHT_STRING reproduces)
+    described = planned.describe(SHARDS)
+    assert json.loads(json.dumps(described)) == described
+    nodes = walk(described)
+    # one node per printed line, in the same order: the operators, then the route leaf
+    printed = [line.lstrip(" └─") for line in str(planned).splitlines()]
+    assert len(nodes) == len(printed)
+    assert [node["operator"] for node in nodes[:-1]] == [text.split()[0] for text in printed[:-1]]
+    route = nodes[-1]
+    assert route["operator"] == "Route" and route["shards"] == list(SHARDS)
+    assert printed[-1] == f"each shard: {route['sql']}"
+    assert route["visible"] == planned.visible
+    assert [node["operator"] for node in nodes[:-1]] == [
+        type(step).__name__ for step in reversed(planned.steps)
+    ] + [type(planned.combiner).__name__]
+
+
+def test_the_described_plan_of_a_top_k_of_groups() -> None:
+    statement = (
+        select(City.name, func.count(), func.avg(City.population))
+        .group_by(City.name)
+        .having(func.count() > 2)
+        .order_by(func.count().desc())
+        .limit(5)
+    )
+    described = plan(statement, POSTGRESQL).describe(["s0", "s1"])
+    limit, sort, having, aggregate, concatenate, route = walk(described)
+    assert (limit["operator"], limit["limit"], limit["offset"]) == ("Limit", 5, 0)
+    assert sort["operator"] == "Sort" and sort["top"] == 5
+    assert sort["keys"] == [
+        {
+            "column": 1,
+            "label": "count(*)",
+            "descending": True,
+            "nulls_first": True,
+            "compare": "as_is",
+        }
+    ]
+    assert having == {
+        "operator": "Filter",
+        "predicate": "HAVING count(*) > 2",
+        "children": [aggregate],
+    }
+    assert [slot["kind"] for slot in aggregate["aggregates"]] == ["count", "avg"]
+    assert aggregate["aggregates"][1]["sources"] == [3, 4, 2]  # SUM and COUNT, hidden
+    assert aggregate["group_by"] == [{"column": 0, "label": "cities.name", "compare": "as_is"}]
+    assert concatenate["operator"] == "Concatenate"
+    assert route["shards"] == ["s0", "s1"]
+    assert route["sql"].startswith("SELECT cities.name, count(*) AS count_1")
+    assert "sum(cities.population) AS _shardalchemy_sum_0" in route["sql"]
+    assert route["visible"] == 3 and route["children"] == []
+
+
+def test_an_entity_plan_describes_the_sort_keys_read_from_the_loaded_rows() -> None:
+    planned = plan(select(City).order_by(City.population.desc()).limit(3))
+    route = walk(planned.describe())[-1]
+    assert route["row_columns"] == ["cities.population"]
+    assert route["shards"] == []  # no shards given: a plan alone does not know its route
+    assert walk(planned.fallback.describe())[-1]["row_columns"] == []
+
+
+# -- the rewrites ------------------------------------------------------------------------------
+
+
+def test_every_rewrite_module_is_in_a_list_and_runs_its_own_example() -> None:
+    """A rewrite is one module of planning/rewrites/, listed where it applies, documented."""
+    import doctest
+    import importlib
+    import pkgutil
+
+    from shardalchemy.planning import REWRITES, rewrites
+    from shardalchemy.planning.aggregates import AGGREGATE_REWRITES
+
+    listed = {function.__name__: function for function in (*REWRITES, *AGGREGATE_REWRITES)}
+    modules = [info.name for info in pkgutil.iter_modules(rewrites.__path__)]
+    assert sorted(modules) == sorted(listed)  # each module one rewrite, each rewrite listed
+    for name in modules:
+        module = importlib.import_module(f"shardalchemy.planning.rewrites.{name}")
+        function = getattr(module, name)
+        assert listed[name] is function
+        examples = doctest.DocTestParser().get_examples(function.__doc__ or "")
+        assert examples, f"{name} has no example"

@@ -1,111 +1,94 @@
-"""Plans for GROUP BY and aggregates: partials per shard, re-aggregated after the merge."""
+"""The aggregate slots of a grouped statement: where each merged aggregate goes.
+
+A slot is made where an aggregate is first met (the select list, an
+expression, HAVING, ORDER BY), and what the shards must send for it is
+decided then, so the per-shard columns come in the order the statement
+names them: by the first of :data:`AGGREGATE_REWRITES` that applies (an AVG
+as SUM and COUNT, a ``count(DISTINCT x)`` as ``x`` pushed down into the
+GROUP BY), else as the aggregate itself (``count``, ``sum``; ``min``/``max``
+with their comparison form).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy.sql.elements import (
-    ColumnElement,
+from ..merge.aggregate import AggregateSlot
+from .columns import Columns
+from .expressions import function_name, same_expression, short, strip
+from .facts import DatabaseFacts
+from .rewrites.push_down_distinct import push_down_distinct
+from .rewrites.split_avg import split_avg
+
+AggregateRewrite = Callable[["Aggregates", Any, int], AggregateSlot | None]
+"""(the slots so far, an aggregate call, the position of its value) -> its slot, or ``None``
+when the rewrite does not apply to that aggregate."""
+
+AGGREGATE_REWRITES: tuple[AggregateRewrite, ...] = (
+    push_down_distinct,  # count/sum/avg(DISTINCT x): x pushed down as a group key
+    split_avg,  # AVG(x): SUM(x) and COUNT(x) from each shard
 )
-
-from .._sqlalchemy import elements, selects
-from ..merge.aggregate import Aggregate
-from ..merge.combine import Concatenate
-from ..merge.keys import Row
-from ..merge.steps import Compute, Filter, Limit, Sort, Step
-from .builder import Builder, distinct_step
-from .expressions import (
-    contains_aggregate,
-    is_aggregate,
-    reads_columns,
-    short,
-    strip,
-)
-from .merged_expressions import Expressions, Predicate
-from .plan import Plan
-from .refusals import refuse
-from .slots import Aggregates
+"""How the shards' partials of one aggregate are made, tried in order where it is met."""
 
 
-def plan_aggregate(builder: Builder, having: Any) -> Plan:
-    """GROUP BY / aggregates: partials per shard, re-aggregated after the merge."""
-    statement = builder.statement
-    if any(not isinstance(column, ColumnElement) for column in builder.visible):
-        raise refuse(
-            "an ORM entity in an aggregate query",
-            "select the entity's columns instead, or aggregate in a subquery pinned to a shard",
-        )
-    aggregates = Aggregates(builder)
-    expressions = Expressions(builder, aggregates)
-    computed: list[tuple[int, Callable[[Row], Any]]] = []  # expressions over aggregates
-    group_by = list(selects.group_by(statement))
-    group_columns = [builder.index_of(expression, "group") for expression in group_by]
-    for index, column in enumerate(builder.visible):  # first the plain aggregates...
-        if is_aggregate(strip(column)):
-            aggregates.slot_index(strip(column), index)
-    for index, column in enumerate(builder.visible):  # ... which expressions may then read
-        inner = strip(column)
-        if is_aggregate(inner):
-            continue
-        if contains_aggregate(inner):
-            computed.append((index, expressions.compile(inner, "the expression")))
-        elif not group_by and reads_columns(inner):
-            raise refuse(
-                f"the column {short(column)} outside an aggregate without GROUP BY",
-                "its value would come from an arbitrary shard's row",
-            )
-    predicate = None
-    if having is not None:
-        predicate = Predicate(builder, aggregates).compile(having)
+class Aggregates:
+    """The aggregate slots of a grouped statement, and the extra group keys they need.
 
-    def resolve(expression: Any) -> int:
-        if elements.label_reference_name(expression) is not None:
-            return builder.index_of(expression, "sort")
-        expression = elements.unwrap_label_reference(expression)
-        if is_aggregate(strip(expression)):
-            return aggregates.slot_index(strip(expression), builder.visible_index(expression))
-        if contains_aggregate(expression):
-            index = builder.visible_index(expression)
-            if index is None:  # computed into a hidden column of its own
-                index = builder.hidden_index(expression, "computed")
-                computed.append((index, expressions.compile(expression, "ORDER BY")))
-            return index
-        return builder.index_of(expression, "sort")
+    >>> from shardalchemy.planning import DatabaseFacts
+    >>> statement = select(func.count(), func.avg(City.population))
+    >>> columns = Columns(list(statement.selected_columns), DatabaseFacts("sqlite", False))
+    >>> aggregates = Aggregates(columns)
+    >>> [aggregates.slot_index(column, index) for index, column in enumerate(columns.visible)]
+    [0, 1]
+    >>> [(slot.kind, slot.sources) for slot in aggregates.slots]  # AVG from SUM, COUNT and AVG
+    [('count', (0,)), ('avg', (2, 3, 1))]
+    """
 
-    keys = builder.sort_keys(selects.order_by(statement), resolve)
-    comparisons = [builder.comparison(index, "GROUP BY") for index in group_columns]
-    group_indices = [index for index, _ in comparisons]
-    group_transforms = tuple(transform for _, transform in comparisons)
-    steps: list[Step] = [
-        Aggregate(
-            tuple(group_indices),
-            tuple(aggregates.slots),
-            scalar=not group_by,
-            group_transforms=group_transforms,
-            group_labels=tuple(short(expression) for expression in group_by),
-            width=builder.width(),
-        )
-    ]
-    if computed:
-        steps.append(Compute(tuple(computed)))
-    if predicate is not None:
-        steps.append(Filter(predicate, f"HAVING {short(having)}"))
-    if selects.is_distinct(statement):
-        steps.append(distinct_step(builder))
-    limit, offset = builder.limit_offset()
-    if keys:
-        steps.append(Sort(tuple(keys), None if limit is None else limit + offset))
-    if limit is not None or offset:
-        steps.append(Limit(limit, offset))
-    shard_statement = selects.without_having(statement).order_by(None).limit(None).offset(None)
-    if builder.hidden:
-        shard_statement = shard_statement.add_columns(*builder.hidden)
-    if aggregates.extra_group_by:
-        shard_statement = shard_statement.group_by(*aggregates.extra_group_by)
-    return Plan(
-        shard_statement,
-        Concatenate(),
-        tuple(steps),
-        len(builder.visible) if builder.hidden else None,
-    )
+    def __init__(self, columns: Columns) -> None:
+        self.columns = columns
+        self.facts: DatabaseFacts = columns.facts
+        self.slots: list[AggregateSlot] = []
+        self.functions: list[Any] = []  # the aggregate call of each slot
+        self.extra_group_by: list[Any] = []  # values pushed down as group keys
+
+    def slot_index(self, aggregate: Any, index: int | None = None) -> int:
+        """The row position of ``aggregate``'s final value (``index``: where it is visible).
+
+        A visible aggregate gets a slot of its own at its position even when
+        the same aggregate is also elsewhere (selected twice, or hidden for an
+        expression): each position must receive the merged value.
+        """
+        for function, slot in zip(self.functions, self.slots, strict=True):
+            if same_expression(function, aggregate) and index in (None, slot.index):
+                return slot.index
+        columns = self.columns
+        function = strip(aggregate)
+        name = function_name(function)
+        assert name is not None
+        if index is None:
+            index = columns.hidden_index(function, "aggregate")
+        for rewrite in AGGREGATE_REWRITES:
+            found = rewrite(self, function, index)
+            if found is not None:
+                slot = found
+                break
+        else:
+            label = short(function)
+            if name in ("min", "max"):
+                compared, transform = columns.comparison(index, f"{name}()")
+                sources = (index,) if compared == index else (index, compared)
+                slot = AggregateSlot(name, index, sources, transform, label)
+            else:
+                slot = AggregateSlot(name, index, (index,), label=label)
+        self.add(function, slot)
+        return index
+
+    def add(self, function: Any, slot: AggregateSlot) -> None:
+        """Record ``slot`` as the slot of the aggregate call ``function``."""
+        self.functions.append(function)
+        self.slots.append(slot)
+
+    def division(self) -> str:
+        """How a decimal AVG is rounded on these shards (see :class:`~.merge.AggregateSlot`)."""
+        return "postgresql" if self.facts.dialect == "postgresql" else "like"

@@ -1,12 +1,13 @@
 """Expressions over merged groups (HAVING, arithmetic over aggregates) compiled to Python.
 
-Each compiles to a function of a merged row, in SQL's three-valued logic.
+Each compiles to a function of a merged row, in SQL's three-valued logic; the
+aggregates it reads get their slots (:mod:`.aggregates`) as they are met.
 """
 
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from sqlalchemy.sql import operators
@@ -23,7 +24,8 @@ from sqlalchemy.sql.elements import (
 
 from .._sqlalchemy import elements
 from ..merge.keys import Row, as_is
-from .builder import Builder
+from .aggregates import Aggregates
+from .columns import Columns
 from .expressions import (
     arguments_of,
     contains_aggregate,
@@ -34,7 +36,6 @@ from .expressions import (
     text_like,
 )
 from .refusals import refuse
-from .slots import Aggregates
 
 _COMPARISONS: dict[Any, Callable[[Any, Any], Any]] = {
     operators.eq: operator.eq,
@@ -56,9 +57,12 @@ _ARITHMETIC: dict[Any, Callable[[Any, Any], Any]] = {
 class Predicate:
     """HAVING compiled to a Python function of a merged row, in SQL's three-valued logic."""
 
-    def __init__(self, builder: Builder, aggregates: Aggregates) -> None:
-        self.builder = builder
+    def __init__(
+        self, columns: Columns, aggregates: Aggregates, parameters: Mapping[str, Any]
+    ) -> None:
+        self.columns = columns
         self.aggregates = aggregates
+        self.parameters = parameters
 
     def compile(self, clause: Any) -> Callable[[Row], Any]:
         clause = strip(clause)
@@ -98,11 +102,12 @@ class Predicate:
         for side in (clause.left, clause.right):
             if isinstance(side, BindParameter):
                 continue
-            if text_like(side) and self.builder.transform(side, "HAVING") is not as_is:
+            if text_like(side) and self.columns.transform(side, "HAVING") is not as_is:
                 raise refuse(f"HAVING {short(clause)}", "it compares text under a collation")
 
     def operand(self, element: Any) -> Callable[[Row], Any]:
-        return Expressions(self.builder, self.aggregates).compile(element, "HAVING operand")
+        expressions = Expressions(self.columns, self.aggregates, self.parameters)
+        return expressions.compile(element, "HAVING operand")
 
 
 class Expressions:
@@ -116,14 +121,17 @@ class Expressions:
     differ between databases.
     """
 
-    def __init__(self, builder: Builder, aggregates: Aggregates) -> None:
-        self.builder = builder
+    def __init__(
+        self, columns: Columns, aggregates: Aggregates, parameters: Mapping[str, Any]
+    ) -> None:
+        self.columns = columns
         self.aggregates = aggregates
+        self.parameters = parameters
 
     def compile(self, element: Any, what: str) -> Callable[[Row], Any]:
         element = strip(element)
         if isinstance(element, BindParameter):
-            value = elements.bind_value(element, self.builder.parameters)
+            value = elements.bind_value(element, self.parameters)
             return lambda row: value
         if isinstance(element, Null):
             return lambda row: None
@@ -133,7 +141,7 @@ class Expressions:
             if not isinstance(element, ClauseElement):
                 raise refuse(f"{what} {short(element)}", "it is not an expression")
             # a group-level expression: the same on every row of the group
-            return operator.itemgetter(self.builder.index_of(element, "group_value"))
+            return operator.itemgetter(self.columns.index_of(element, "group_value"))
         arithmetic = (
             _ARITHMETIC.get(element.operator) if isinstance(element, BinaryExpression) else None
         )

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from ..merge.combine import Combiner, Concatenate
+from ..merge.description import Description, node
 from ..merge.keys import Row
 from ..merge.steps import Step, run
 
@@ -20,7 +21,8 @@ class Plan:
     k-way merge), ``steps`` run over the combined rows in order; ``visible``
     is the number of the user's columns when hidden ones were added (they
     are stripped from the result), else ``None``.  ``str(plan)`` is the
-    operator tree, as :meth:`ShardedSession.explain` shows it.
+    operator tree, as :meth:`ShardedSession.explain` shows it;
+    :meth:`describe` is the same tree as plain data.
     """
 
     statement: Any
@@ -47,6 +49,39 @@ class Plan:
     def merge(self, streams: Sequence[Iterator[Row]]) -> Iterator[Row]:
         """The user's rows from the shards' row streams (tuples in the per-shard layout)."""
         return run(self.combiner, self.steps, streams)
+
+    def describe(self, shards: Iterable[Any] = ()) -> Description:
+        """The operator tree as plain data (JSON values): the top operator first.
+
+        Each node is ``{"operator": name, <its parameters>, "children": [...]}``;
+        the leaf is the ``Route``: the SQL each of ``shards`` runs, ``visible``
+        (the number of the user's columns when hidden ones follow) and the
+        ``row_columns`` whose values are read from the loaded rows.
+
+        >>> from shardalchemy.planning import DatabaseFacts, plan_select
+        >>> facts = DatabaseFacts("sqlite", nulls_high=False)
+        >>> plan = plan_select(select(City.name).order_by(City.name).limit(2), facts)
+        >>> tree = plan.describe(["asia", "europe"])
+        >>> tree["operator"], tree["limit"], tree["offset"]
+        ('Limit', 2, 0)
+        >>> [key["label"] for key in tree["children"][0]["keys"]]
+        ['cities.name']
+        >>> tree["children"][0]["children"][0]
+        {'operator': 'Route', 'shards': ['asia', 'europe'], 'sql': 'SELECT cities.name FROM
+         cities ORDER BY cities.name LIMIT 2', 'visible': None, 'row_columns': [], 'children': []}
+        """
+        tree = node(
+            "Route",
+            (),
+            shards=[str(shard) for shard in shards],
+            sql=sql_text(self.statement),
+            visible=self.visible,
+            row_columns=[sql_text(column) for column in self.row_columns],
+        )
+        tree = self.combiner.description([tree])
+        for step in self.steps:
+            tree = step.description([tree])
+        return tree
 
     def lines(self) -> list[str]:
         operators_top_down = [step.describe() for step in reversed(self.steps)]

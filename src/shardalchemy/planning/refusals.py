@@ -9,12 +9,14 @@ from sqlalchemy.sql import operators, visitors
 from sqlalchemy.sql.elements import (
     BinaryExpression,
     FunctionFilter,
+    Grouping,
     Over,
     WithinGroup,
 )
 
 from .._sqlalchemy import elements, selects
 from ..errors import CrossShardQueryError
+from ..routing.colocation import colocation
 from ..routing.tables import colocation_groups, tables_of
 from ..sharding.rules import FollowRule, RuleBook
 from .expressions import (
@@ -79,6 +81,43 @@ def check_constructs(statement: Any, rules: RuleBook | None) -> None:
                 "these tables are sharded independently (not co-located), so their rows "
                 "meet on no single shard",
             )
+        # rows the statement combines must be proved to live on one shard (routing/colocation)
+        proof = colocation(statement, rules)
+        if not proof.proven:
+            raise refuse(proof.construct or "this statement", proof.problem or "")
+
+
+def check_plannable(statement: Any) -> None:
+    """Refuse the statements no rewrite plans: not a SELECT, and SELECTs with clauses not merged.
+
+    (What is refused here is the statement's own kind and clauses; what
+    :func:`check_constructs` refuses may be anywhere inside it.)
+    """
+    if isinstance(statement, CompoundSelect):
+        check_compound_keyword(statement)
+        for select in statement.selects:
+            inner = select.element if isinstance(select, Grouping) else select
+            if isinstance(inner, Select) and (
+                selects.group_by(inner)
+                or selects.has_limit_or_offset(inner)
+                or any(contains_aggregate(column) for column in selects.raw_columns(inner))
+            ):
+                raise refuse(
+                    "a UNION of SELECTs with aggregates, GROUP BY or LIMIT",
+                    "each part would be computed per shard",
+                )
+        return
+    if not isinstance(statement, Select):
+        raise refuse(short(statement), "only SELECT statements are merged across shards")
+    if selects.distinct_on(statement):
+        raise refuse("DISTINCT ON", "it is not merged yet")
+    for extension in selects.syntax_extensions(statement):  # e.g. postgresql.distinct_on()
+        raise refuse(
+            f"the syntax extension {type(extension).__name__}",
+            "shardalchemy cannot know what it does to the rows",
+        )
+    if selects.fetch_clause(statement):
+        raise refuse("FETCH FIRST ... WITH TIES / PERCENT", "it is not merged yet")
 
 
 def check_compound_keyword(compound: CompoundSelect[Any]) -> None:

@@ -1,29 +1,23 @@
-"""The per-shard statement being built: visible and hidden columns, sort keys, comparison forms."""
+"""The per-shard row: the user's columns, then hidden ones, and how each compares.
+
+The merge operators read the shards' rows by position.  :class:`Columns`
+says what each position holds: first the select list as written (what the
+user gets back), then the hidden columns the rewrites add (sort keys, partial
+aggregates, MariaDB's ``WEIGHT_STRING`` sort keys), stripped from the result.
+"""
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import literal
 from sqlalchemy.sql import sqltypes
-from sqlalchemy.sql.elements import (
-    ColumnElement,
-)
+from sqlalchemy.sql.elements import ColumnElement
 
-from .._sqlalchemy import elements, selects
-from ..merge.keys import SortKey, Transform, as_is
-from ..merge.steps import Distinct
-from .expressions import (
-    explicit_collation,
-    order_parts,
-    same_expression,
-    short,
-    strip,
-    text_like,
-    type_of,
-)
+from .._sqlalchemy import elements
+from ..merge.keys import Transform, as_is
+from .expressions import explicit_collation, same_expression, short, strip, text_like, type_of
 from .facts import WEIGHT, DatabaseFacts
 from .refusals import refuse
 
@@ -31,26 +25,25 @@ from .refusals import refuse
 _HIDDEN = "_shardalchemy_{}_{}"
 
 
-class Builder:
-    """Collects hidden columns and slots while one statement is planned."""
+class Columns:
+    """The positions of the per-shard row: ``visible`` (the user's), then ``hidden``.
 
-    def __init__(
-        self,
-        statement: Any,
-        facts: DatabaseFacts,
-        parameters: Mapping[str, Any],
-        visible: list[Any] | None = None,
-    ):
-        self.statement = statement
-        self.facts = facts
-        self.parameters = parameters
+    >>> from shardalchemy.planning import DatabaseFacts
+    >>> statement = select(City.name)
+    >>> columns = Columns(list(statement.selected_columns), DatabaseFacts("sqlite", False))
+    >>> columns.index_of(City.name, "sort"), columns.index_of(City.population, "sort")
+    (0, 1)
+    >>> columns.hidden
+    [<sqlalchemy.sql.elements.Label at ...; _shardalchemy_sort_0>]
+    """
+
+    def __init__(self, visible: list[Any], facts: DatabaseFacts) -> None:
         # the result's columns: the select list as written (a UNION: its selected columns)
-        self.visible: list[Any] = selects.raw_columns(statement) if visible is None else visible
+        self.visible = visible
+        self.facts = facts
         self.hidden: list[Any] = []
         self.counter = itertools.count()
-        self.placeholder_transforms: dict[int, Transform] = {}
 
-    # positions of expressions in the per-shard row
     def width(self) -> int:
         return len(self.visible) + len(self.hidden)
 
@@ -69,6 +62,7 @@ class Builder:
         raise refuse(f"ORDER BY / GROUP BY {name!r}", "it names no column of the select list")
 
     def hidden_index(self, expression: Any, kind: str) -> int:
+        """The position of ``expression`` among the hidden columns, added if it is not there."""
         for index, column in enumerate(self.hidden):
             if same_expression(column, expression):
                 return len(self.visible) + index
@@ -77,6 +71,7 @@ class Builder:
         return len(self.visible) + len(self.hidden) - 1
 
     def index_of(self, expression: Any, kind: str) -> int:
+        """The position of ``expression``: visible if selected (or named by label), else hidden."""
         reference = elements.label_reference_name(expression)
         if reference is not None:
             return self.by_label(reference)
@@ -137,41 +132,3 @@ class Builder:
         padded = elements.function("rpad", expression, length, literal(" "))
         weight = elements.function("weight_string", padded)
         return self.hidden_index(weight, "weight"), as_is
-
-    def sort_keys(self, clauses: Sequence[Any], resolve: Callable[[Any], int]) -> list[SortKey]:
-        keys = []
-        for clause in clauses:
-            expression, descending, nulls_first = order_parts(clause)
-            if nulls_first is None:
-                nulls_first = descending if self.facts.nulls_high else not descending
-            index = resolve(expression)
-            if index < 0:  # a placeholder: read from the loaded rows (see _plan_rows_with)
-                transform = self.placeholder_transforms[index]
-            elif not isinstance(self.expression_at(index), ColumnElement):
-                raise refuse(f"ORDER BY {short(expression)}", "it does not name a column")
-            else:
-                index, transform = self.comparison(index, "ORDER BY")
-            keys.append(SortKey(index, descending, nulls_first, transform, short(expression)))
-        return keys
-
-    def limit_offset(self) -> tuple[int | None, int]:
-        limit, offset = selects.limit_offset(self.statement, self.parameters)
-        for name, value in (("LIMIT", limit), ("OFFSET", offset)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-                raise refuse(
-                    f"{name} {short(value)}",
-                    "across shards LIMIT and OFFSET must be integers (literals or bound values)",
-                )
-        return limit, offset or 0
-
-
-def distinct_step(builder: Builder) -> Distinct:
-    indices, transforms = [], []
-    for index, column in enumerate(list(builder.visible)):
-        if isinstance(column, ColumnElement):
-            index, transform = builder.comparison(index, "DISTINCT")
-        else:
-            transform = as_is  # an ORM entity: one object per row identity
-        indices.append(index)
-        transforms.append(transform)
-    return Distinct(tuple(indices), tuple(transforms))
