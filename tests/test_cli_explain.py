@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -87,3 +89,100 @@ def test_explain_needs_exactly_one_shard_map(tmp_path: Path, capsys) -> None:
     empty.write_text("x = 1\n")
     assert cli.main(["explain", str(empty), "select(x)"]) == 2
     assert "exactly one ShardMap" in capsys.readouterr().out
+
+
+def explain_json(models: Path, capsys: pytest.CaptureFixture[str], *arguments: str) -> Any:
+    assert cli.main(["explain", "--json", str(models), *arguments]) == 0
+    return json.loads(capsys.readouterr().out)  # one JSON document, nothing else
+
+
+def test_explain_json_prints_the_route_its_reason_tree_and_the_plan_tree(
+    models: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    statement = (
+        "select(City).where(or_(City.continent == 'Asia', City.name == 'Paris'))"
+        ".order_by(City.name).limit(2).offset(1)"
+    )
+    document = explain_json(models, capsys, statement)
+    assert sorted(document) == sorted(
+        ["statement", "sql", "shards", "reason", "explanation", "plan", "refusal"]
+    )
+    assert document["statement"] == "SELECT explain_cities"
+    assert document["sql"].startswith("SELECT explain_cities.id, explain_cities.continent")
+    assert document["sql"].endswith("ORDER BY explain_cities.name LIMIT :param_1 OFFSET :param_2")
+    assert document["shards"] == ["asia", "europe"]
+    assert document["reason"] == (
+        "City.continent = 'Asia' -> asia; explain_cities.name = :name_1 is not on a shard key; "
+        "all shards"
+    )
+    assert document["refusal"] is None
+    reasons = document["explanation"]
+    assert reasons["text"] == "OR: union" and reasons["shards"] is None
+    branches = {child["text"]: child for child in reasons["children"]}
+    assert branches["City.continent = 'Asia'"] == {
+        "text": "City.continent = 'Asia'",
+        "shards": ["asia"],
+        "children": [],
+    }
+    assert branches["explain_cities.name = :name_1 is not on a shard key"]["shards"] is None
+    # the plan: Limit over MergeSort over the route each shard runs
+    limit = document["plan"]
+    assert (limit["operator"], limit["limit"], limit["offset"]) == ("Limit", 2, 1)
+    (merge,) = limit["children"]
+    assert merge["operator"] == "MergeSort"
+    assert [key["label"] for key in merge["keys"]] == ["explain_cities.name"]
+    assert merge["keys"][0]["descending"] is False
+    (route,) = merge["children"]
+    assert route["operator"] == "Route" and route["children"] == []
+    assert route["shards"] == ["asia", "europe"]
+    assert route["sql"].endswith("ORDER BY explain_cities.name LIMIT 3")
+
+
+def test_explain_json_of_an_aggregate_names_each_partial(
+    models: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    statement = (
+        "select(City.continent, func.avg(City.id)).group_by(City.continent)"
+        ".having(func.count() > 1)"
+    )
+    plan = explain_json(models, capsys, statement)["plan"]
+    having, aggregate, concatenate, route = (
+        plan,
+        plan["children"][0],
+        plan["children"][0]["children"][0],
+        plan["children"][0]["children"][0]["children"][0],
+    )
+    assert having["operator"] == "Filter" and having["predicate"] == "HAVING count(*) > 1"
+    assert aggregate["operator"] == "Aggregate" and aggregate["scalar"] is False
+    kinds = {slot["label"]: slot["kind"] for slot in aggregate["aggregates"]}
+    assert kinds == {"avg(explain_cities.id)": "avg", "count(*)": "count"}
+    assert [key["label"] for key in aggregate["group_by"]] == ["explain_cities.continent"]
+    assert concatenate["operator"] == "Concatenate"
+    assert "HAVING" not in route["sql"] and "_shardalchemy_sum" in route["sql"]
+
+
+def test_explain_json_of_a_refused_statement_gives_the_construct(
+    models: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    statement = "select(City.id, func.row_number().over(order_by=City.id))"
+    document = explain_json(models, capsys, statement)
+    assert document["plan"] is None
+    refusal = document["refusal"]
+    assert refusal["construct"].startswith("window function")
+    assert "cannot be answered exactly across shards" in refusal["message"]
+
+
+def test_explain_json_of_a_single_shard_statement_has_no_plan(
+    models: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    document = explain_json(models, capsys, "select(City).where(City.continent == 'Europe')")
+    assert document["shards"] == ["europe"]
+    assert document["plan"] is None and document["refusal"] is None
+    assert document["explanation"]["shards"] == ["europe"]
+
+
+def test_explain_json_reports_an_error_as_json(
+    models: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["explain", "--json", str(models), "select(Nowhere)"]) == 2
+    assert "cannot evaluate" in json.loads(capsys.readouterr().out)["error"]

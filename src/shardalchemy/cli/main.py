@@ -2,7 +2,8 @@
 
 ``shardalchemy demo`` runs the weather scenario on embedded SQLite (no server
 needed) and prints, step by step, which shards each statement touched and why.
-``shardalchemy explain MODELS STATEMENT`` shows where a statement would run.
+``shardalchemy explain MODELS STATEMENT`` shows where a statement would run
+(``--json``: as one JSON document, the merge plan as a tree of operators).
 ``--placement`` and ``--url`` run the demo on PostgreSQL or MariaDB::
 
     shardalchemy demo
@@ -10,6 +11,7 @@ needed) and prints, step by step, which shards each statement touched and why.
     shardalchemy demo --placement database \
         --url 'mysql+pymysql://root@127.0.0.1/weather_{shard}'
     shardalchemy explain myapp.models "select(City).where(City.continent == 'Asia')"
+    shardalchemy explain --json myapp.models "select(City).order_by(City.name).limit(5)"
 
 Exits 0 when every check passes, 1 when one fails, 2 on bad arguments.
 """
@@ -35,7 +37,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from ..errors import ShardingError
 from ..topology.shard_map import ShardMap
 from . import demo
-from .render import reason_tree, render_step
+from .render import explain_document, reason_tree, render_step
 
 
 def _ensure_server_database(url: str) -> None:
@@ -189,6 +191,9 @@ def run_explain(args: argparse.Namespace, console: Console) -> int:
         route = session.explain(statement, parameters, connect=False)
     finally:
         session.close()
+    if args.json:
+        print(json.dumps(explain_document(route, " ".join(str(statement).split())), indent=2))
+        return 0
     console.print(f"[bold]{route.statement}[/bold]")
     console.print(Text(str(statement), style="dim"))
     console.print(f"shards: [magenta]{', '.join(map(str, route.shards))}[/magenta]")
@@ -238,15 +243,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         "\"select(City).where(City.continent == 'Asia')\"",
     )
     explain_parser.add_argument("--params", help="execute-time parameters, as a JSON object")
+    explain_parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON document: the route, its reason tree and the merge plan's "
+        "operator tree (or the refusal)",
+    )
     args = parser.parse_args(argv)
     console = Console()
+    as_json = getattr(args, "json", False)
     try:
         if args.command == "explain":
             return run_explain(args, console)
         return run_demo(args, console)
     except ShardingError as error:
-        console.print(f"[bold red]error:[/bold red] {error}")
+        if as_json:  # still one JSON document, for whatever reads it
+            print(json.dumps({"error": str(error)}, indent=2))
+        else:
+            console.print(f"[bold red]error:[/bold red] {error}")
         return 2
     except SQLAlchemyError as error:
-        console.print(f"[bold red]database error:[/bold red] {error}")
+        if as_json:
+            print(json.dumps({"error": f"database error: {error}"}, indent=2))
+        else:
+            console.print(f"[bold red]database error:[/bold red] {error}")
         return 2

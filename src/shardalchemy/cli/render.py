@@ -1,6 +1,8 @@
-"""Rendering for the terminal (rich): demo steps and reason trees."""
+"""Rendering: demo steps and reason trees for the terminal (rich); explain as plain data."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from rich.console import Console
 from rich.padding import Padding
@@ -8,7 +10,8 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from ..routing.route import Explanation
+from ..errors import CrossShardQueryError
+from ..routing.route import Explanation, Route
 from . import demo
 
 
@@ -55,3 +58,38 @@ def reason_tree(explanation: Explanation, tree: Tree | None = None) -> Tree:
     for child in explanation.children:
         reason_tree(child, node)
     return node
+
+
+def explanation_data(explanation: Explanation) -> dict[str, Any]:
+    """A reason tree as plain data: ``text``, ``shards`` (``None``: all shards), ``children``."""
+    return {
+        "text": explanation.text,
+        "shards": None if explanation.shards is None else sorted(map(str, explanation.shards)),
+        "children": [explanation_data(child) for child in explanation.children],
+    }
+
+
+def explain_document(route: Route, sql: str) -> dict[str, Any]:
+    """What ``shardalchemy explain --json`` prints: a route and its plan (or refusal) as data.
+
+    ``sql`` is the statement's SQL on one line (the plan's ``Route`` shows
+    each shard's, with its values).  ``explanation`` is the reason
+    tree (``text``, the ``shards`` it allows or ``None`` for all, ``children``).
+    ``plan`` is the operator tree (:meth:`~shardalchemy.Plan.describe`) when
+    the statement runs on several shards and is merged, ``refusal`` the
+    ``CrossShardQueryError`` running it would raise; both ``None`` otherwise.
+    """
+    error = route.plan_error
+    refusal = None
+    if error is not None:
+        construct = error.construct if isinstance(error, CrossShardQueryError) else ""
+        refusal = {"construct": construct, "message": str(error)}
+    return {
+        "statement": route.statement,
+        "sql": sql,
+        "shards": [str(shard) for shard in route.shards],
+        "reason": route.reason,
+        "explanation": None if route.explanation is None else explanation_data(route.explanation),
+        "plan": None if route.plan is None else route.plan.describe(route.shards),
+        "refusal": refusal,
+    }
