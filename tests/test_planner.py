@@ -447,3 +447,21 @@ def test_every_rewrite_module_is_in_a_list_and_runs_its_own_example() -> None:
         assert listed[name] is function
         examples = doctest.DocTestParser().get_examples(function.__doc__ or "")
         assert examples, f"{name} has no example"
+
+
+def test_a_union_of_text_compared_by_weight_strings_is_refused_not_crashed() -> None:
+    """A UNION cannot carry MariaDB's WEIGHT_STRING columns: refused (it once failed merging)."""
+    names = union(select(City.name), select(Report.city_id.cast(String(50))))
+    for statement in (names, union_all(select(City.name), select(City.code)).order_by("name")):
+        with pytest.raises(CrossShardQueryError, match="WEIGHT_STRING") as caught:
+            plan(statement, MARIADB)
+        assert caught.value.construct.startswith("a UNION ordered or made distinct by text")
+    # binary collations compare in Python: nothing hidden, the UNION is merged
+    binary = union(select(City.code), select(City.name.collate("utf8mb4_bin")))
+    planned = plan(binary.order_by("code"), MARIADB)
+    assert [type(step) for step in planned.steps] == [Distinct]
+    assert list(planned.merge([iter([("a",), ("b",)]), iter([("a ",), ("c",)])])) == [
+        ("a",),
+        ("b",),
+        ("c",),
+    ]

@@ -28,6 +28,7 @@ from .columns import Columns
 from .expressions import contains_aggregate, strip
 from .facts import DatabaseFacts
 from .plan import Plan
+from .refusals import refuse
 
 Shape = Literal["rows", "grouped", "union", "exists"]
 """What the statement is, to the rewrites: rows as they are; GROUP BY or aggregates; a
@@ -128,8 +129,16 @@ class Draft:
             step for step in (self.filter, self.distinct, self.sort, self.limit) if step is not None
         )
         shard_statement = self.shard_statement
-        hidden = columns.hidden and self.shape != "union"
-        if hidden:
+        if columns.hidden:
+            if self.shape == "union":
+                # a UNION's rows are its SELECTs' rows: no column can be added to the whole
+                raise refuse(
+                    "a UNION ordered or made distinct by text under the collation "
+                    f"{self.facts.default_collation or 'of the database'}",
+                    "its rows would need that collation's sort keys (WEIGHT_STRING), which "
+                    "cannot be added to a UNION's rows; use a binary collation "
+                    "(e.g. .collate('utf8mb4_bin'))",
+                )
             shard_statement = shard_statement.add_columns(*columns.hidden)
         if self.aggregates is not None and self.aggregates.extra_group_by:
             shard_statement = shard_statement.group_by(*self.aggregates.extra_group_by)
@@ -137,7 +146,7 @@ class Draft:
             shard_statement,
             self.combiner,
             tuple(steps),
-            len(columns.visible) if hidden or self.row_columns else None,
+            len(columns.visible) if columns.hidden or self.row_columns else None,
             self.shape == "rows" and _single_entity(self.statement),
             self.row_columns,
         )
