@@ -4,9 +4,9 @@ The rewrites (:mod:`.rewrites`, applied in the order of
 :data:`~.planner.REWRITES`) each take a :class:`Draft` and return it
 rewritten: the statement each shard runs, the per-shard row's
 :class:`~.columns.Columns`, and the merge operators, each in its place in
-SQL's order (GROUP BY, then the select list's expressions, HAVING, DISTINCT,
+SQL's order (GROUP BY, the select list's expressions, HAVING, DISTINCT,
 ORDER BY, LIMIT) whatever the order the rewrites run in.
-:meth:`Draft.finish` stacks those operators into the plan.
+:meth:`Draft.finish` stacks those operators, bottom up, into the plan.
 """
 
 from __future__ import annotations
@@ -110,6 +110,18 @@ class Draft:
             Columns(visible, facts),
             statement,
             readable or {},
+        )
+
+    def again(self, readable: Mapping[Any, Any]) -> Draft:
+        """A fresh draft of the same statement (no rewrite applied), reading ``readable``."""
+        return Draft(
+            self.statement,
+            self.facts,
+            self.parameters,
+            self.shape,
+            Columns(list(self.columns.visible), self.facts),
+            self.statement,
+            readable,
         )
 
     def finish(self) -> Plan:

@@ -163,10 +163,10 @@ def _plan_checked(statement: Any, facts: DatabaseFacts, parameters: Mapping[str,
     check_plannable(statement)
     draft = Draft.of(statement, facts, parameters)
     readable = entity_sort_columns(draft)
-    plan = rewrite(draft)
     if not readable:
-        return plan
+        return rewrite(draft)
     # an entity's sort keys read from the rows it is loaded from; the plan selecting them
     # as hidden columns is the fallback, for where those rows cannot be read
-    again = rewrite(Draft.of(statement, facts, parameters, readable))
-    return dataclasses.replace(again, fallback=plan)
+    again = draft.again(readable)
+    fallback = rewrite(draft)
+    return dataclasses.replace(rewrite(again), fallback=fallback)

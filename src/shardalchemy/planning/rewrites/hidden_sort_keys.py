@@ -68,7 +68,8 @@ def entity_sort_columns(draft: Draft) -> dict[Any, Any]:
     the loaded rows, it runs the plan that selects them (its fallback).
     """
     statement = draft.statement
-    if draft.shape != "rows" or selects.is_distinct(statement):
+    clauses = selects.order_by(statement)
+    if draft.shape != "rows" or not clauses or selects.is_distinct(statement):
         return {}
     if selects.statement_options(statement):
         return {}
@@ -88,7 +89,7 @@ def entity_sort_columns(draft: Draft) -> dict[Any, Any]:
                 columns[elements.plain(column)] = column
     if not any(
         elements.plain(elements.unwrap_label_reference(order_parts(clause)[0])) in columns
-        for clause in selects.order_by(statement)
+        for clause in clauses
     ):
         return {}
     return columns
