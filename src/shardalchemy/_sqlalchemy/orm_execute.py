@@ -116,3 +116,13 @@ def returning_load_options(orm_context: ORMExecuteState, shard: Any) -> dict[str
         "_sa_orm_load_options", QueryContext.default_load_options
     )
     return {"_sa_orm_load_options": options + {"_identity_token": shard}}
+
+
+def wants_autoflush(orm_context: ORMExecuteState) -> bool:
+    """Whether the ORM would autoflush before running this SELECT (its load options say).
+
+    SQLAlchemy autoflushes after the ``do_orm_execute`` hooks, when it runs the
+    statement: for a statement the sharded session fans out, that would be in
+    each shard's worker thread, all at once.
+    """
+    return bool(orm_context.load_options._autoflush)

@@ -11,12 +11,83 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from sqlalchemy import exc
 from sqlalchemy.engine.result import IteratorResult
+from sqlalchemy.orm.base import instance_state
 
 
 def requires_unique(result: Any) -> bool:
     """Whether an ORM result must be uniqued (joined eager loading of a collection)."""
     return getattr(result, "_unique_filter_state", None) is not None
+
+
+def _must_unique(row: Any) -> Any:
+    # what the ORM's own result does when unique() was not called on a result
+    # of joined eager loads against collections
+    raise exc.InvalidRequestError(
+        "The unique() method must be invoked on this Result, as it contains results "
+        "that include joined eager loads against collections"
+    )
+
+
+def uniquing_by_identity(metadata: Any) -> Any:
+    """``metadata`` with ORM entities uniqued by identity key, not by ``id()``.
+
+    The ORM uniques the entities of a result by ``id(obj)``, which is sound
+    there because the whole result is loaded as one chunk that keeps every
+    object alive until the caller is done.  A merged result streams: one
+    shard's objects are released once merged and read, so a later shard's
+    object may get the ``id()`` of a freed one and be dropped as a duplicate
+    (``for c in session.scalars(stmt).unique()`` loses parents).  Within a
+    session an identity key (class, primary key, shard) names exactly one
+    object while it lives, so keying on it keeps the ORM's answer and holds
+    no object.  Returns a copy when it changes anything.
+    """
+    create = metadata._create_unique_filters
+    if create is None:  # Core rows: uniqued by value already
+        return metadata
+
+    def create_identity_filters(result: Any) -> list[Any]:
+        return [_identity_of if unique is id else unique for unique in create(result)]
+
+    copy = object.__new__(type(metadata))  # a slotted class: copied slot by slot
+    for cls in type(metadata).__mro__:
+        for slot in getattr(cls, "__slots__", ()):
+            if hasattr(metadata, slot):
+                setattr(copy, slot, getattr(metadata, slot))
+    copy._create_unique_filters = create_identity_filters
+    return copy
+
+
+def concatenated(results: list[Any]) -> Any:
+    """The shards' results one after another (``Result.merge``), ORM entities uniqued soundly."""
+    merged = results[0].merge(*results[1:])
+    merged._metadata = uniquing_by_identity(merged._metadata)
+    return merged
+
+
+def _identity_of(obj: Any) -> Any:
+    if obj is None:  # an outer-joined entity without a row
+        return None
+    key = instance_state(obj).key
+    # not persistent (never the case for a loaded row): the object itself, held
+    # by the result's set of uniques so that its id() cannot be reused
+    return key if key is not None else _Same(obj)
+
+
+class _Same:
+    """An object compared and hashed by identity, kept alive while it is held."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: Any) -> None:
+        self.obj = obj
+
+    def __hash__(self) -> int:
+        return id(self.obj)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Same) and other.obj is self.obj
 
 
 class ShardedResult(IteratorResult):  # type: ignore[type-arg]
@@ -53,8 +124,10 @@ def merged_result(
     metadata = template._metadata._for_freeze()
     if visible is not None:
         metadata = metadata._reduce(list(range(visible)))
-    result = ShardedResult(metadata, rows, sources)
-    result._unique_filter_state = template._unique_filter_state
+    result = ShardedResult(uniquing_by_identity(metadata), rows, sources)
+    # a state of its own: the shards' results were uniqued with theirs
+    # (processed_rows), and sharing one set would drop the first shard's rows
+    result._unique_filter_state = (set(), _must_unique) if requires_unique(template) else None
     result._yield_per = template._yield_per
     result._attributes = template._attributes.union({"is_single_entity": single_entity})
     return result

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any, cast
 from sqlalchemy.ext import horizontal_shard
 from sqlalchemy.orm import ORMExecuteState
 
-from .._sqlalchemy import orm_execute, selects
-from .._sqlalchemy.results import merged_result, processed_rows, rows_with_columns
+from .._sqlalchemy import orm_execute, selects, sessions
+from .._sqlalchemy.results import concatenated, merged_result, processed_rows, rows_with_columns
 from ..errors import RoutingError, ScatterQueryError
 from ..execution.fan_out import Outcome, fan_out
 from ..routing.route import Route
@@ -122,6 +122,10 @@ def _run_on_shards(session: ShardedSession, orm_context: ORMExecuteState, route:
     options = orm_context.execution_options
     shards = route.shards
     settings = session._fan_out_settings(options)
+    if orm_context.is_select and orm_execute.wants_autoflush(orm_context):
+        # here, on the calling thread: SQLAlchemy would autoflush inside each shard's
+        # invoke_statement, on the worker threads at once, sharing the shards' connections
+        sessions.autoflush(session)
     plan = None
     if orm_context.is_select and settings.merge:
         plan = session._plan(orm_context.statement, shards, orm_context.parameters)
@@ -149,7 +153,7 @@ def _run_on_shards(session: ShardedSession, orm_context: ORMExecuteState, route:
 
     results, outcome = run_everywhere(plan.statement if plan is not None else None)
     if plan is None:
-        merged = results[0].merge(*results[1:])
+        merged = concatenated(results)
         merged.failed_shards = dict(outcome.failures)
         return merged
     streams = [_rows_of(result, plan.row_columns) for result in results]
