@@ -70,9 +70,9 @@ def execute_on_shards(orm_context: ORMExecuteState) -> Any:
         written = execute_write(session, orm_context, explicit)
         if written is not NOT_HANDLED:
             return written
+    if session.rules is not None and orm_context.is_update:
+        refuse_shard_key_assignment(session, orm_context, explicit)
     if explicit is None:
-        if session.rules is not None and orm_context.is_update:
-            refuse_shard_key_assignment(session, orm_context)
         shard = routed_shard(session, orm_context)
         if shard is not None:
             # the common case, one shard the router proved: go on on that shard

@@ -20,6 +20,7 @@ from ..ids.columns import generator_of
 from ..options import EXPLICIT_SHARD
 from ..routing.route import Route
 from ..sharding.rules import KeyRule
+from ..writes.routing import ParentShards
 
 
 def shard_for_instance(session: ShardedSession, mapper: Any, instance: Any) -> str:
@@ -106,8 +107,13 @@ def _parent_by_foreign_key(
             model=name,
             relationship=relationship.key,
         )
-    with session.no_autoflush:
-        parent = session.get(parent_mapper, identity)
+    # a parent added in this session and not flushed yet: the flush inserts it first
+    parent = ParentShards(session, rule).pending_parent(
+        tuple(key.get(elements.plain(remote)) for _, remote in relationship.local_remote_pairs)
+    )
+    if parent is None:
+        with session.no_autoflush:
+            parent = session.get(parent_mapper, identity)
     if parent is None:
         raise MissingParentError(
             f"{name}.{relationship.key} refers to {parent_mapper.class_.__name__} "

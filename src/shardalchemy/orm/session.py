@@ -47,7 +47,7 @@ from ..writes import legacy
 from ..writes.batch import shard_being_written
 from . import placement
 from .execute import execute_on_shards, plain_select
-from .guards import check_flush
+from .guards import check_flush, refuse_shard_move
 
 
 class ShardedSession(sessions.SessionHooks):
@@ -348,6 +348,10 @@ class ShardedSession(sessions.SessionHooks):
     def place(self, state: InstanceState[Any]) -> Route:
         """Where a pending object goes, and why; raises a clear error if nowhere."""
         return placement.place(self, state)
+
+    def refuse_move(self, state: InstanceState[Any]) -> None:
+        """Raise :class:`ShardKeyChangeError` if a stored object's changes move it off its shard."""
+        refuse_shard_move(self, state)
 
     def _shards_for_identity(
         self,

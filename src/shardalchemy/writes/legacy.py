@@ -86,7 +86,13 @@ def _write(
     label = writes.label
     if options["isstates"]:
         if options["isupdate"]:
-            shards = [state.key[2] for state in rows]
+            shards = []
+            for index, state in zip(indices, rows, strict=True):
+                try:
+                    session.refuse_move(state)  # written where it was loaded from
+                except ShardingError as error:
+                    raise about_row(error, index, label) from error.__cause__
+                shards.append(state.key[2])
         else:
             shards = []
             for index, state in zip(indices, rows, strict=True):

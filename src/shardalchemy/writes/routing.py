@@ -72,7 +72,6 @@ class RowRouter:
             session.rules.for_mapper(target) if self.mapper else session.rules.for_table(target)
         )
         self.name = self.mapper.class_.__name__ if self.mapper else str(target.name)
-        self._parents: dict[tuple[Any, ...], Any] = {}
         self._key_names: tuple[str, ...] = ()
         self._shard: Callable[[Mapping[str, Any]], Any]
         rule = self.rule
@@ -151,22 +150,10 @@ class RowRouter:
 
     def _follower_router(self, rule: FollowRule) -> Callable[[Mapping[str, Any]], Any]:
         relationship = rule.relationship
-        pairs = list(relationship.local_remote_pairs or ())
-        locals_ = [_lookup_names(self.mapper, local) for local, _ in pairs]
-        remotes = [elements.plain(remote) for _, remote in pairs]
-        parent = rule.parent
-        parent_mapper = relationship.mapper
-        direct: Callable[[Any], Any] | None = None
-        if (
-            len(pairs) == 1
-            and isinstance(parent, KeyRule)
-            and elements.plain(parent.column) is remotes[0]
-        ):
-            direct = parent.strategy.shard_for  # the foreign key is the parent's shard key
-        if direct is None and len(pairs) == 1:
-            generator = generator_of(remotes[0])
-            if generator is not None and getattr(generator, "encodes_shard", False):
-                direct = generator.shard_of  # the parent's ID carries its shard
+        locals_ = [
+            _lookup_names(self.mapper, local) for local, _ in relationship.local_remote_pairs
+        ]
+        parents = ParentShards(self.session, rule)
 
         def shard(row: Mapping[str, Any]) -> Any:
             values = tuple(_value(row, names) for names in locals_)
@@ -174,26 +161,93 @@ class RowRouter:
                 raise MissingParentError(
                     f"{rule.name}.{relationship.key} is not given (its foreign key "
                     f"{', '.join(names[-1] for names in locals_)}); a {rule.name} lives on its "
-                    f"{parent_mapper.class_.__name__}'s shard, so it needs one",
+                    f"{relationship.mapper.class_.__name__}'s shard, so it needs one",
                     model=rule.name,
                     relationship=relationship.key,
                 )
-            if direct is not None:
-                found = direct(values[0])
-                if found is not None:
-                    return found
-            return self._parent_shard(values, remotes, rule)
+            return parents.shard_of(values)
 
         return shard
 
-    def _parent_shard(self, values: tuple[Any, ...], remotes: list[Any], rule: FollowRule) -> Any:
-        """The shard of the parent whose referenced columns hold ``values`` (looked up once)."""
+
+class ParentShards:
+    """The shard of a follower's parent, from the follower's foreign-key values.
+
+    Decided from the values alone when the foreign key is the parent's shard
+    key or a shard-aware ID; else the parent is found in the session (pending
+    objects too, with ``pending=True``) or looked up on the shards, once per
+    distinct key.  Raises :class:`MissingParentError` when there is no parent.
+
+    Example::
+
+        ParentShards(session, session.rule_of(Task)).shard_of((tenant_id,))   # "b"
+    """
+
+    def __init__(self, session: WritingSession, rule: FollowRule, *, pending: bool = False) -> None:
+        self.session = session
+        self.rule = rule
+        self.pending = pending
+        relationship = rule.relationship
+        pairs = list(relationship.local_remote_pairs or ())
+        self.remotes = [elements.plain(remote) for _, remote in pairs]
+        self._parents: dict[tuple[Any, ...], Any] = {}
+        self.direct: Callable[[Any], Any] | None = None
+        parent = rule.parent
+        if (
+            len(pairs) == 1
+            and isinstance(parent, KeyRule)
+            and elements.plain(parent.column) is self.remotes[0]
+        ):
+            self.direct = parent.strategy.shard_for  # the foreign key is the parent's shard key
+        if self.direct is None and len(pairs) == 1:
+            generator = generator_of(self.remotes[0])
+            if generator is not None and getattr(generator, "encodes_shard", False):
+                self.direct = generator.shard_of  # the parent's ID carries its shard
+
+    def shard_of(self, values: tuple[Any, ...]) -> Any:
+        """The shard of the parent whose referenced columns hold ``values``."""
+        if self.direct is not None:
+            try:
+                found = self.direct(values[0])
+            except ShardingError:
+                found = None  # not a value the strategy or generator knows: look it up
+            if found is not None:
+                return found
         try:
             return self._parents[values]
         except KeyError:
             pass
+        shard = self._pending_parent(values) if self.pending else None
+        if shard is None:
+            shard = self._stored_parent(values)
+        self._parents[values] = shard
+        return shard
+
+    def _pending_parent(self, values: tuple[Any, ...]) -> Any | None:
+        """The shard of a parent added to the session and not flushed yet, if one matches."""
+        parent = self.pending_parent(values)
+        return self.session.place(inspect(parent)).shards[0] if parent is not None else None
+
+    def pending_parent(self, values: tuple[Any, ...]) -> Any | None:
+        """A parent added and not flushed yet whose referenced columns hold ``values``."""
+        parent_mapper = self.rule.relationship.mapper
+        for obj in self.session.new:
+            state = inspect(obj)
+            if not state.mapper.isa(parent_mapper):
+                continue
+            held = tuple(
+                state.dict.get(state.mapper.get_property_by_column(remote).key)
+                for remote in self.remotes
+            )
+            if held == values:
+                return obj
+        return None
+
+    def _stored_parent(self, values: tuple[Any, ...]) -> Any:
+        rule = self.rule
         session = self.session
         parent_mapper = rule.relationship.mapper
+        remotes = self.remotes
         primary_key = [elements.plain(column) for column in parent_mapper.primary_key]
         with session.no_autoflush:
             if len(remotes) == len(primary_key) and set(remotes) == set(primary_key):
@@ -209,9 +263,7 @@ class RowRouter:
                 model=rule.name,
                 relationship=rule.relationship.key,
             )
-        shard = inspect(parent).key[2]
-        self._parents[values] = shard
-        return shard
+        return inspect(parent).key[2]
 
 
 class UpdateRouter:
