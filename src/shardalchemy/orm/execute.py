@@ -6,13 +6,16 @@ from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy.ext import horizontal_shard
 from sqlalchemy.orm import ORMExecuteState
+from sqlalchemy.sql.elements import TextClause
+from sqlalchemy.sql.selectable import TextualSelect
 
 from .._sqlalchemy import orm_execute, selects, sessions
 from .._sqlalchemy.results import concatenated, merged_result, processed_rows, rows_with_columns
-from ..errors import RoutingError, ScatterQueryError
+from ..errors import CrossShardQueryError, RoutingError, ScatterQueryError
 from ..execution.fan_out import Outcome, fan_out
 from ..routing.route import Route
 from ..routing.tables import shard_key_hints, statement_label
+from ..routing.textual import textual_part
 from ..writes.statements import NOT_HANDLED, execute_write
 from .guards import refuse_shard_key_assignment
 from .placement import colocated
@@ -97,6 +100,7 @@ def execute_on_shards(orm_context: ORMExecuteState) -> Any:
             )
         if len(route.shards) > 1:
             _check_multi_shard(session, orm_context, route)
+            refuse_textual(session, statement, route, orm_context.execution_options)
     if session._route_log is not None:
         session.record_route(route, statement)
 
@@ -207,6 +211,38 @@ def _check_multi_shard(session: ShardedSession, orm_context: ORMExecuteState, ro
             tables=tables,
             missing=keys,
         )
+
+
+def refuse_textual(session: ShardedSession, statement: Any, route: Route, options: Any) -> None:
+    """Refuse textual SQL on several shards, unless concatenation was asked for.
+
+    Nothing tells what a ``text()`` reads or computes (a count, a join, an
+    INSERT), so no plan can build one database's answer from the shards'
+    answers; with ``cross_shard="concatenate"`` the shards' results are given
+    one after another (rowcounts summed), as SQLAlchemy's extension does.
+    """
+    textual = textual_part(statement)
+    if textual is None or not session._fan_out_settings(options).merge:
+        return
+    raise textual_error(statement, textual, route)
+
+
+def textual_error(statement: Any, textual: str, route: Route) -> CrossShardQueryError:
+    """The refusal of a textual statement on several shards, saying how to pin or concatenate."""
+    if isinstance(statement, TextClause | TextualSelect):
+        sql = " ".join(str(statement).split())
+        label = repr(sql if len(sql) <= 60 else sql[:57] + "...")
+    else:
+        label = statement_label(statement)
+    return CrossShardQueryError(
+        f"{label}: textual SQL ({textual}) reaches shards "
+        f"{', '.join(map(str, route.shards))} ({route.reason}); shardalchemy cannot analyse "
+        "text, so it cannot combine the shards' answers into one database's. Pin it to one "
+        "shard with bind_arguments={'shard_id': ...} or .options(set_shard_id(...)), or ask "
+        "for the shards' results one after another with "
+        ".execution_options(cross_shard='concatenate')",
+        construct=textual,
+    )
 
 
 def plain_select(statement: Any) -> bool:

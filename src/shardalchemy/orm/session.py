@@ -41,12 +41,13 @@ from ..planning.plan import Plan
 from ..planning.planner import Planner
 from ..routing.route import Explanation, Route
 from ..routing.tables import statement_label
+from ..routing.textual import textual_part
 from ..sharding.rules import Rule, RuleBook
 from ..topology.shard_map import ShardMap
 from ..writes import legacy
 from ..writes.batch import shard_being_written
 from . import placement
-from .execute import execute_on_shards, plain_select
+from .execute import execute_on_shards, plain_select, textual_error
 from .guards import check_flush, refuse_shard_move
 
 
@@ -321,7 +322,10 @@ class ShardedSession(sessions.SessionHooks):
         if self.shard_map is None:
             raise RoutingError("explain() needs a session built with shard_map=...")
         route = self.shard_map.router.explain(statement, parameters).labelled(label)
-        if len(route.shards) > 1 and getattr(statement, "is_select", False):
+        textual = textual_part(statement) if len(route.shards) > 1 else None
+        if textual is not None:
+            route.plan_error = textual_error(statement, textual, route)
+        elif len(route.shards) > 1 and getattr(statement, "is_select", False):
             try:
                 route.plan = self._plan(statement, route.shards, parameters, connect)
             except CrossShardQueryError as error:

@@ -63,6 +63,7 @@ from .fast_path import SingleShard, single_shard_function
 from .predicates import MISSING, Analysis, Node, Or, Values
 from .route import Explanation, Route
 from .tables import colocation_groups, has_outer_join, tables_of
+from .textual import textual_part
 
 _NO_PARAMETERS: Mapping[str, Any] = MappingProxyType({})
 
@@ -202,6 +203,9 @@ class Router:
             return Shape(plan.predicate, why, plan.cacheable)
         if not isinstance(statement, Select | Update | Delete | CompoundSelect):
             return Shape(None, f"{kind} cannot be analysed")
+        textual = textual_part(statement)
+        if textual is not None:  # it may read any table: every shard
+            return Shape(None, f"reads {textual}, which cannot be analysed")
         tables = tables_of(statement)
         groups = colocation_groups(tables, self.rules)
         if not groups and all(self.rules.unsharded(str(t.name)).home for t in tables):
