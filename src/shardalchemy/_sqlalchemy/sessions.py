@@ -1,8 +1,10 @@
 """Private SQLAlchemy details of ``Session`` (since SQLAlchemy 2.0).
 
 The sharded session hooks in before SQLAlchemy's own ``do_orm_execute``
-machinery, and bulk writes reuse the ORM's bulk persistence functions without
-its sub-transaction: both have no public API.
+machinery, bulk writes reuse the ORM's bulk persistence functions without
+its sub-transaction, and nested transactions hold their savepoints on every
+shard through the ``SessionTransaction``'s connection registry: none of it
+has a public API.
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-from sqlalchemy import util
+from sqlalchemy import event, util
 from sqlalchemy.ext import horizontal_shard
 
+from . import drivers
 from .orm_execute import NO_MORE_EVENTS, identity_token_options
 
 
@@ -156,3 +159,149 @@ class SessionHooks(horizontal_shard.ShardedSession):
 # SQLAlchemy's own Session._execute_internal, called unbound: one attribute
 # lookup less than super() on the path every statement takes
 _SESSION_EXECUTE = horizontal_shard.ShardedSession._execute_internal
+
+
+# -- nested transactions: a savepoint on every shard ------------------------------------------
+
+
+def hold_savepoints_on_every_shard(session: Any) -> None:
+    """Make ``session.begin_nested()`` hold a SAVEPOINT on every shard, as one database's would.
+
+    A plain Session begins a nested transaction's SAVEPOINT when the nested
+    transaction first asks its parent for a connection.  A sharded session's
+    flush takes its connections from the root transaction
+    (``horizontal_shard.ShardedSession.connection_callable`` calls
+    ``get_transaction().connection(...)``), so the nested transaction never
+    saw them: no SAVEPOINT was sent and ``rollback()`` of the nested
+    transaction undid nothing.  Here, through public session events:
+
+    - ``after_transaction_create`` of a nested transaction: a SAVEPOINT on
+      every connection the session's transaction holds (every shard it has a
+      transaction on), registered in the nested transaction, which rolls them
+      back or releases them together;
+    - ``after_begin`` of the root transaction (a shard joined later, by any
+      path): a SAVEPOINT on it for every nested transaction in progress,
+      outermost first.
+
+    Registering them is what needs the private ``SessionTransaction._connections``
+    and ``_connection_for_bind`` (SQLAlchemy 2.0 to 2.1): a nested transaction's
+    own ``_connection_for_bind`` would begin a second SAVEPOINT on a connection
+    registered this way, so each nested transaction's is wrapped to look first.
+
+    Connections that share one database connection (SQLite shards in one
+    file) share one SAVEPOINT per nested transaction, opened through the
+    first of them: SQLAlchemy numbers savepoints per connection, and two
+    ``sa_savepoint_1`` on one database connection would make ``ROLLBACK TO``
+    reach the wrong one.
+    """
+    event.listen(session, "after_transaction_create", _nested_transaction_created)
+    event.listen(session, "after_begin", _connection_begun)
+
+
+def _root(transaction: Any) -> Any:
+    while transaction.parent is not None:
+        transaction = transaction.parent
+    return transaction
+
+
+def _nested_in_progress(session: Any) -> list[Any]:
+    """The nested transactions in progress, outermost first."""
+    levels = []
+    transaction = session._transaction
+    while transaction is not None:
+        if transaction.nested:
+            levels.append(transaction)
+        transaction = transaction.parent
+    return levels[::-1]
+
+
+def _connections_of(transaction: Any) -> list[Any]:
+    """The connections ``transaction`` holds, in the order it took them."""
+    # each is registered under the connection and under its engine
+    return list(dict.fromkeys(entry[0] for entry in transaction._connections.values()))
+
+
+def _nested_transaction_created(session: Any, transaction: Any) -> None:
+    if not transaction.nested:
+        return
+    original = transaction._connection_for_bind
+
+    def connection_for_bind(bind: Any, execution_options: Any) -> Any:
+        if bind not in transaction._connections:
+            root = _root(transaction)
+            entry = root._connections.get(bind)
+            # a new connection of the root is held by _connection_begun
+            connection = (
+                entry[0]
+                if entry is not None
+                else root._connection_for_bind(bind, execution_options)
+            )
+            _hold(session, transaction, connection)
+        return original(bind, execution_options)
+
+    transaction._connection_for_bind = connection_for_bind
+    for connection in _connections_of(_root(transaction)):
+        _hold(session, transaction, connection)
+
+
+def _connection_begun(session: Any, transaction: Any, connection: Any) -> None:
+    if transaction.parent is not None:
+        return  # a nested transaction's: registered by _hold
+    for level in _nested_in_progress(session):
+        _hold(session, level, connection)
+
+
+class _SharedSavepoint:
+    """Stands in, in a nested transaction, for the SAVEPOINT another connection holds.
+
+    Registered for a connection whose database connection already has this
+    nested transaction's SAVEPOINT (through another shard's connection): that
+    one savepoint is released or rolled back for both.
+    """
+
+    def __init__(self, savepoint: Any) -> None:
+        self.savepoint = savepoint
+
+    @property
+    def is_active(self) -> bool:
+        return bool(self.savepoint.is_active)
+
+    def commit(self) -> None:
+        pass
+
+    def rollback(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _hold(session: Any, nested: Any, connection: Any) -> None:
+    """Register a SAVEPOINT on ``connection``'s database connection in ``nested``."""
+    if connection in nested._connections:
+        return
+    database_connection = connection.connection.dbapi_connection
+    savepoint: Any = None
+    for held, transaction, _, _ in nested._connections.values():
+        if held.connection.dbapi_connection is database_connection:
+            if isinstance(transaction, _SharedSavepoint):
+                transaction = transaction.savepoint
+            savepoint = _SharedSavepoint(transaction)
+            break
+    if savepoint is None:
+        # every SAVEPOINT on one database connection through the same (first)
+        # connection, which numbers them: names stay unique
+        opener = next(
+            held
+            for held in _connections_of(_root(nested))
+            if held.connection.dbapi_connection is database_connection
+        )
+        drivers.ensure_transaction_begun(opener)
+        savepoint = opener.begin_nested()
+    nested._connections[connection] = nested._connections[connection.engine] = (
+        connection,
+        savepoint,
+        True,  # released or rolled back with the nested transaction
+        False,  # closed by the root transaction, which owns it
+    )
+    session.dispatch.after_begin(session, nested, connection)

@@ -130,6 +130,8 @@ class ShardedSession(sessions.SessionHooks):
         # route records and (in declarative mode) lazy loads kept on their shard
         event.remove(self, "do_orm_execute", horizontal_shard.execute_and_instances)
         event.listen(self, "do_orm_execute", execute_on_shards, retval=True)
+        # begin_nested(): a SAVEPOINT on every shard, rolled back or released together
+        sessions.hold_savepoints_on_every_shard(self)
         if self.rules is not None:
             event.listen(self, "before_flush", check_flush)
 
