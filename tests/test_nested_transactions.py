@@ -42,7 +42,7 @@ from sqlalchemy.orm import Session
 from shardalchemy import ShardMap, StatementLog
 
 EXAMPLES = 30  # sequences per backend and placement (derandomized: the same every run)
-ASYNC_EXAMPLES = 12
+ASYNC_EXAMPLES = 16
 
 
 def reference_engine(url: sa.URL) -> sa.Engine:
@@ -517,7 +517,6 @@ async def async_outcome(run: Callable[..., Any], *args: Any) -> tuple[str, Any]:
         return ("error", type(error).__name__)
 
 
-@pytest.mark.parametrize("placement", ["database", "tables"])
 def test_nested_transactions_of_an_async_session(world: World) -> None:
     """The same sequences, the sharded side an ``AsyncSession`` (data steps in ``run_sync``)."""
     sequences = st.tuples(programs, st.sampled_from(["commit", "rollback"]))

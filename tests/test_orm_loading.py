@@ -542,8 +542,12 @@ async def async_consume(session: AsyncSession, spec: Spec, api: str) -> Any:
                 seen.append(shape(obj))
                 gc.collect(1)
         else:
-            async for obj in await session.stream_scalars(statement):
-                seen.append(shape(obj))
+            streamed = await session.stream_scalars(statement)
+            try:
+                async for obj in streamed:
+                    seen.append(shape(obj))
+            finally:
+                await streamed.close()  # the shards' server-side cursors, read or not
     except InvalidRequestError as error:
         return (type(error).__name__, str(error))
     return seen
