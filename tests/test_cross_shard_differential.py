@@ -879,10 +879,6 @@ def core_cases(family: str, backend: str, factor: int = 1) -> list[Spec]:
 
 # -- issue 12's classes of wrong answers, as the xfail markers name them -----------------------
 
-ISSUE12_WHOLE_TABLE = (
-    "issue 12: select(table) / select(subquery) of several shards returns the first column "
-    "only, and wrong rows"
-)
 ISSUE12_SHARED_SLOT = (
     "issue 12: Core aggregates of one function share one result slot when the plan adds a "
     "hidden column"
@@ -928,7 +924,6 @@ def in_every_placement(family: str, backends: tuple[str, ...] = BACKENDS) -> str
 # (backend, placement, family) -> why the drawn Core specs fail today; not strict: a family's
 # draws mix shapes that pass and shapes that fail
 CORE_FAILING = failing(
-    (ISSUE12_WHOLE_TABLE, in_every_placement("rows")),
     (ISSUE12_DISTINCT_COLUMN, in_every_placement("distinct")),
     (ISSUE12_SHARED_SLOT, in_every_placement("aggregate")),
 )

@@ -78,7 +78,6 @@ from test_cross_shard_differential import (
     ISSUE12_SHARED_SLOT,
     ISSUE12_TEXT_KEY_EXPRESSION,
     ISSUE12_TEXT_SQL,
-    ISSUE12_WHOLE_TABLE,
     PLACEMENTS,
     SHARED_DATABASES,
     CrossShardQueryError,
@@ -463,9 +462,7 @@ def _everywhere(family: str, backends: tuple[str, ...] = BACKENDS) -> str:
 # (family, backend, placement) -> why the drawn statements of that family fail today; not
 # strict: each family's draws mix shapes that pass and shapes that fail
 SHOP_FAILING = failing(
-    (ISSUE12_WHOLE_TABLE, _everywhere("join")),
     (ISSUE12_SAME_NAME, _everywhere("join")),
-    (ISSUE12_WHOLE_TABLE, _everywhere("subquery")),
     (ISSUE12_SAME_NAME, _everywhere("subquery")),
     (ISSUE12_ALIASED_CORRELATION, _everywhere("subquery")),
     (ISSUE12_TEXT_SQL, _everywhere("text")),
@@ -895,8 +892,6 @@ ISSUE12_EXAMPLES: dict[str, Example] = {
 # example -> (why it fails today, on which backends); strict: a fixed one turns red, and its
 # entry is to be removed (the examples run in each backend's own placement, PLACEMENTS)
 ISSUE12_FAILING_EXAMPLES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "select(table).order_by.limit": (ISSUE12_WHOLE_TABLE, BACKENDS),
-    "select(subquery).order_by.limit": (ISSUE12_WHOLE_TABLE, BACKENDS),
     "Core count(*) with count(DISTINCT)": (ISSUE12_SHARED_SLOT, BACKENDS),
     "Core min with count(DISTINCT) and text min": (ISSUE12_SHARED_SLOT, BACKENDS),
     "Core coalesce(sum) next to two sums": (ISSUE12_SHARED_SLOT, BACKENDS),

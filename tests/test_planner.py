@@ -6,10 +6,11 @@ import json
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import (
     ForeignKey,
+    Integer,
     String,
     bindparam,
     except_,
@@ -465,3 +466,62 @@ def test_a_union_of_text_compared_by_weight_strings_is_refused_not_crashed() -> 
         ("b",),
         ("c",),
     ]
+
+
+# -- issue 12, section 2: the planner's classes of wrong answers ------------------------------
+
+CITIES, REPORTS = City.__table__, Report.__table__
+
+
+def _sources() -> st.SearchStrategy[Any]:
+    """A FROM selected whole: a Core table, an alias of one, or a subquery of either."""
+    tables = st.sampled_from([CITIES, REPORTS])
+    return st.one_of(
+        tables,
+        tables.map(lambda table: table.alias()),
+        tables.map(lambda table: select(table).subquery()),
+        tables.map(lambda table: select(*list(table.c)[:2]).subquery()),
+    )
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    source=_sources(),
+    parts=st.lists(st.integers(min_value=-1, max_value=3), min_size=1, max_size=4),
+    sort=st.integers(min_value=0, max_value=20),
+    descending=st.booleans(),
+    limit=st.none() | st.integers(min_value=1, max_value=5),
+)
+def test_a_core_table_or_subquery_selected_whole_is_all_of_its_columns(
+    source: Any, parts: list[int], sort: int, descending: bool, limit: int | None
+) -> None:
+    """Class A: ``select(table)`` / ``select(subquery)`` is as many result columns as the FROM
+    has, and every sort key reads its own column (it once read the second of seven)."""
+    own = list(source.c)
+    # -1: the FROM selected whole; else one of its columns (a select list like (t, t.id))
+    statement = select(*(source if part < 0 else own[part % len(own)] for part in parts))
+    selected = list(statement.selected_columns)
+    numbers = [i for i, column in enumerate(selected) if isinstance(column.type, Integer)]
+    assume(numbers)
+    key = selected[numbers[sort % len(numbers)]]  # (text keys need a collation: not here)
+    statement = statement.order_by(key.desc() if descending else key).limit(limit)
+    planned = plan(statement)
+    assert planned.visible is None  # the sort key is selected: nothing hidden
+    (sort_key,) = planned.combiner.keys
+    assert selected[sort_key.index].compare(key) and sort_key.descending is descending
+    # rows of two shards, each column the value of its column of the FROM: the merge keeps
+    # every column and is sorted by the key
+    positions = [next(i for i, c in enumerate(own) if c.key == col.key) for col in selected]
+    rows = [tuple(10 * n + p for p in positions) for n in range(6)]
+    rows.sort(key=lambda row: row[sort_key.index], reverse=descending)
+    merged = list(planned.merge([iter(rows[0::2]), iter(rows[1::2])]))
+    assert merged == rows[: limit or len(rows)]
+
+
+def test_a_sort_key_outside_a_whole_table_is_hidden_after_all_of_its_columns() -> None:
+    other = CITIES.alias("other")
+    statement = select(CITIES).outerjoin(other, other.c.id == CITIES.c.id)
+    planned = plan(statement.order_by(CITIES.c.id, other.c.id))
+    width = len(CITIES.c)
+    assert planned.visible == width
+    assert [key.index for key in planned.combiner.keys] == [0, width]

@@ -19,6 +19,31 @@ def raw_columns(statement: Any) -> list[Any]:
     return list(getattr(statement, "_raw_columns", ()))
 
 
+def result_columns(statement: Any) -> list[Any]:
+    """The select list as each row holds it: one entry per result column.
+
+    A Core table or subquery selected whole (``select(table)``, ``select(subquery)``)
+    is as many result columns as it has columns, so it is replaced by them; an ORM
+    entity (a FROM annotated with its ``parententity``, SQLAlchemy's private mark of
+    an entity in ``_raw_columns``) stays one entry: the ORM loads it as one object.
+    """
+    from sqlalchemy.sql.elements import ColumnElement
+    from sqlalchemy.sql.selectable import FromClause
+
+    columns: list[Any] = []
+    for column in raw_columns(statement):
+        annotations = getattr(column, "_annotations", None) or {}
+        if (
+            isinstance(column, FromClause)
+            and not isinstance(column, ColumnElement)  # a SQL function is both
+            and "parententity" not in annotations
+        ):
+            columns.extend(column.c)
+        else:
+            columns.append(column)
+    return columns
+
+
 def order_by(statement: Any) -> tuple[Any, ...]:
     return tuple(getattr(statement, "_order_by_clauses", ()))
 

@@ -89,7 +89,8 @@ class Draft:
             shape: Shape = "union"
             visible = list(statement.selected_columns)
         else:
-            visible = selects.raw_columns(statement)
+            # a Core table or subquery selected whole is its columns, one result column each
+            visible = selects.result_columns(statement)
             if any(isinstance(strip(column), Exists | ScalarSelect) for column in visible) and (
                 not statement.get_final_froms()
             ):
