@@ -91,13 +91,27 @@ class ModelConfigurationError(ShardingError):
 class ShardKeyError(ShardingError):
     """A row's shard key cannot be turned into a shard.
 
-    ``model``, ``attribute`` and ``value`` say which row and which value.
+    ``model``, ``attribute`` and ``value`` say which row and which value.  When
+    the value is refused because the database would store it as a value that
+    cannot be known (``"7.5"`` for an ``Integer``, an aware datetime for a naive
+    column), ``column_type`` names the column's type and ``reason`` says why.
     """
 
-    def __init__(self, message: str, *, model: str, attribute: str, value: Any) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        model: str,
+        attribute: str,
+        value: Any,
+        column_type: str | None = None,
+        reason: str | None = None,
+    ) -> None:
         self.model = model
         self.attribute = attribute
         self.value = value
+        self.column_type = column_type
+        self.reason = reason
         super().__init__(message)
 
 

@@ -68,7 +68,8 @@ def _single_equality(node: In) -> SingleShard | None:
         return None
     (reference,) = node.operand
     position, fixed_bind = reference.position, reference.bind
-    expected = node.targets[0].python_type
+    # one precomputed function per column: the canonical form, then the strategy
+    canonical = node.targets[0].canonical
     shard_for = node.targets[0].strategy.shard_for
 
     def equality(
@@ -82,11 +83,12 @@ def _single_equality(node: In) -> SingleShard | None:
             return None  # perhaps given under another name, or not at all
         else:
             value = bind.effective_value  # a value in the statement
-        if value is None or (expected is not None and not isinstance(value, expected)):
-            return None  # "= NULL" matches no row; a value of another type proves nothing
+        if value is None:
+            return None  # "= NULL" matches no row
         try:
-            return shard_for(value)
-        except Exception:  # a user strategy that fails must not break queries
+            # the stored values "= value" matches, as the strategy knows them
+            return shard_for(canonical(value))
+        except Exception:  # a refused value proves nothing; a failing user strategy neither
             return None
 
     return equality

@@ -27,6 +27,7 @@ from sqlalchemy.sql.elements import (
 from sqlalchemy.sql.selectable import Exists, ScalarSelect
 
 from .._sqlalchemy.elements import is_anonymous_key, original_bind_key, plain
+from ..sharding.canonical import Canonical, CanonicalForm, unknowable
 from ..sharding.rules import FollowRule, KeyRule, RuleBook
 from ..sharding.strategies import Strategy, id_strategy_of
 from .route import Explanation
@@ -69,12 +70,37 @@ class BindRef:
 
 @dataclasses.dataclass(frozen=True)
 class KeyTarget:
-    """A column whose values determine the shard, and how."""
+    """A column whose values determine the shard, and how.
+
+    ``canonical`` turns a compared value into the canonical form of the stored
+    values it matches (raising :class:`~shardalchemy.ShardKeyError` when that is
+    not known): the strategy only ever sees canonical forms.  ``orders`` says
+    whether SQL orders those as Python does (not strings), so ranges may prune.
+    """
 
     description: str
     strategy: Strategy
-    python_type: type | None
+    canonical: Canonical
+    orders: bool = True
     own_key: bool = True  # the model's own shard key (never NULL), not a follower's FK
+    kind: str = "value"
+    type_name: str = "value"
+
+    @staticmethod
+    def of(
+        description: str, strategy: Strategy, form: CanonicalForm | None, own_key: bool = True
+    ) -> KeyTarget:
+        if form is None:
+            return KeyTarget(description, strategy, unknowable, False, own_key)
+        return KeyTarget(
+            description,
+            strategy,
+            form.compared,
+            form.orders,
+            own_key,
+            form.kind,
+            form.type_name,
+        )
 
 
 class Node:
@@ -148,9 +174,12 @@ class Empty(Node):
 
 def _shard_of(target: KeyTarget, value: Any) -> tuple[Any, str]:
     """The shard of one compared value, or (None, why it cannot prune)."""
-    if target.python_type is not None and not isinstance(value, target.python_type):
-        # the database casts ("1" = 1); the strategy would not
-        return None, f"{value!r} is not a {target.python_type.__name__} like the column"
+    try:
+        # the database compares the stored value ("1" = 1): so does the strategy
+        value = target.canonical(value)
+    except Exception as error:  # a ShardKeyError, or a TypeDecorator that fails
+        reason = getattr(error, "reason", None) or type(error).__name__
+        return None, f"{value!r} is not compared as one stored value ({reason})"
     try:
         shard = target.strategy.shard_for(value)
     except Exception as error:  # a user strategy that fails must not break queries
@@ -218,15 +247,14 @@ class In(Node):
             return None
         shards = set()
         for target in self.targets:
-            expected = target.python_type
+            canonical = target.canonical
+            shard_for = target.strategy.shard_for
             for item in items:
                 if item is None:
                     continue
-                if expected is not None and not isinstance(item, expected):
-                    return None
                 try:
-                    shard = target.strategy.shard_for(item)
-                except Exception:
+                    shard = shard_for(canonical(item))
+                except Exception:  # a refused value, or a failing user strategy: no proof
                     return None
                 if shard is None:
                     return None
@@ -256,18 +284,28 @@ class Between(Node):
             return None, f"{text}: a bound is not given, so it does not prune"
         shards: set[Any] = set()
         for target in self.targets:
-            if target.python_type is str:
-                return None, f"{text}: string order depends on the collation, so it does not prune"
+            if not target.orders:
+                order = "the collation" if target.kind == "string" else "the database's type"
+                return None, f"{text}: {target.kind} order depends on {order}, so it does not prune"
+            bounds: list[Any] = []
             for bound in (low, high):
-                expected = target.python_type
-                if bound is not None and expected is not None and not isinstance(bound, expected):
+                if bound is None:
+                    bounds.append(None)
+                    continue
+                try:
+                    form = target.canonical(bound)
+                except Exception:
+                    form = MISSING
+                # a bound the database compares as another value would move the boundary
+                if form is MISSING or form != bound:
                     return (
                         None,
-                        f"{text}: {bound!r} is not a {expected.__name__}, so it does not prune",
+                        f"{text}: {bound!r} is not a {target.type_name}, so it does not prune",
                     )
+                bounds.append(form)
             try:
                 allowed = target.strategy.shards_between(
-                    low, self.low_inclusive, high, self.high_inclusive
+                    bounds[0], self.low_inclusive, bounds[1], self.high_inclusive
                 )
             except Exception as error:
                 return None, f"{text}: the strategy failed ({type(error).__name__})"
@@ -346,12 +384,13 @@ class Analysis:
     def _target_for_column(self, column: Column[Any], table: Table) -> KeyTarget | None:
         rule = self.rules.for_table(table)
         if isinstance(rule, KeyRule) and plain(rule.column) is column:
-            return KeyTarget(f"{rule.name}.{rule.attribute}", rule.strategy, _python_type(column))
+            return KeyTarget.of(f"{rule.name}.{rule.attribute}", rule.key_strategy, rule.form)
         id_strategy = id_strategy_of(column)
         if id_strategy is not None:
             # a shard-aware ID names the shard its row was inserted on
             name = rule.name if rule is not None else str(table.name)
-            return KeyTarget(f"{name}.{column.key}", id_strategy, _python_type(column))
+            form = self.rules.canonical_form(column, name)
+            return KeyTarget.of(f"{name}.{column.key}", id_strategy, form)
         if isinstance(rule, FollowRule):
             # a follower's foreign key carries the shard too when the parent's
             # referenced column does: the parent's shard key or shard-aware ID
@@ -361,18 +400,19 @@ class Analysis:
                 parent = rule.parent
                 name = f"{rule.name}.{column.key}"
                 if isinstance(parent, KeyRule) and plain(parent.column) is plain(remote):
-                    return KeyTarget(
+                    # the foreign key holds the parent's key: canonical as the parent's
+                    return KeyTarget.of(
                         f"{name} (= {parent.name}.{parent.attribute})",
-                        parent.strategy,
-                        _python_type(column),
+                        parent.key_strategy,
+                        parent.form,
                         own_key=False,
                     )
                 parent_ids = id_strategy_of(plain(remote))
                 if parent_ids is not None:
-                    return KeyTarget(
+                    return KeyTarget.of(
                         f"{name} (= {parent.name}.{remote.key}, a shard-aware ID)",
                         parent_ids,
-                        _python_type(column),
+                        self.rules.canonical_form(plain(remote), parent.name),
                         own_key=False,
                     )
         return None
@@ -474,14 +514,6 @@ class Analysis:
         if isinstance(right, Select | ScalarSelect | CompoundSelect):
             return Unknown(f"{targets[0].description} IN (subquery) does not prune")
         return Unknown(f"{_short(clause)}: the IN list is not made of values")
-
-
-def _python_type(column: Any) -> type | None:
-    try:
-        python_type: type = column.type.python_type
-    except NotImplementedError:
-        return None
-    return python_type
 
 
 def _short(clause: Any) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from sqlalchemy import Column, ColumnElement, FromClause, Table
@@ -22,27 +23,128 @@ from sqlalchemy.orm.interfaces import MANYTOMANY, MANYTOONE, ONETOMANY
 from ..errors import (
     MissingShardKeyError,
     ModelConfigurationError,
+    ShardingError,
     UnknownShardError,
     UnknownShardKeyError,
 )
+from .canonical import CanonicalForm, canonical_form, dialect_names
 from .declarations import SHARDING_INFO_KEY, ShardKey, declaration_for, sharded_mappers
 from .strategies import ShardName, Strategy
 
 _DIRECTION_WORDS = {ONETOMANY: "one-to-many", MANYTOMANY: "many-to-many", MANYTOONE: "many-to-one"}
 
 
+class CanonicalStrategy(Strategy):
+    """A key rule's strategy as callers see it: any value is canonicalized first.
+
+    ``shard_for(value)`` asks the strategy about the canonical form of the stored
+    values ``column = value`` matches (:mod:`shardalchemy.sharding.canonical`),
+    and returns ``None`` ("no proof": every shard, or the caller's clear error)
+    when that form is not known.  ``key_strategy`` is the strategy itself, keyed
+    by canonical forms.
+
+    Example (an ``Integer`` shard key, a ``Lookup`` declared with a string key):
+
+    >>> from sqlalchemy import Column, Integer, MetaData, Table
+    >>> from shardalchemy import Lookup
+    >>> table = Table("t", MetaData(), Column("tenant", Integer))
+    >>> rule = KeyRule("T", table, table.c.tenant, "tenant", Lookup({"7": "seven"}))
+    >>> rule.strategy.shard_for(7), rule.strategy.shard_for("7"), rule.strategy.shard_for("7.5")
+    ('seven', 'seven', None)
+    """
+
+    def __init__(self, key_strategy: Strategy, canonical: Callable[[Any], Any]) -> None:
+        self.key_strategy = key_strategy
+        self.canonical = canonical
+        self._shard_for = key_strategy.shard_for
+
+    def shard_for(self, value: Any) -> ShardName | None:
+        if value is None:
+            return None
+        try:
+            value = self.canonical(value)
+        except ShardingError:  # its stored form is not known: no proof
+            return None
+        return self._shard_for(value)
+
+    def shard_names(self) -> frozenset[str] | None:
+        return self.key_strategy.shard_names()
+
+    def shards_between(
+        self, low: Any, low_inclusive: bool, high: Any, high_inclusive: bool
+    ) -> frozenset[str] | None:
+        bounds = []
+        for bound in (low, high):
+            if bound is not None:
+                try:
+                    form = self.canonical(bound)
+                except ShardingError:
+                    return None
+                if form != bound:  # a bound compared as another value moves the boundary
+                    return None
+                bound = form
+            bounds.append(bound)
+        return self.key_strategy.shards_between(bounds[0], low_inclusive, bounds[1], high_inclusive)
+
+    def describe(self) -> str:
+        return self.key_strategy.describe()
+
+    def __getattr__(self, name: str) -> Any:  # the strategy's own attributes (buckets, mapping)
+        if name in ("key_strategy", "canonical", "_shard_for"):
+            raise AttributeError(name)
+        return getattr(self.key_strategy, name)
+
+    def __repr__(self) -> str:
+        return repr(self.key_strategy)
+
+
 @dataclasses.dataclass(frozen=True)
 class KeyRule:
-    """A resolved :class:`ShardKey`: model or table, column, bound strategy."""
+    """A resolved :class:`ShardKey`: model or table, column, strategy, canonical form.
+
+    Every value is routed by its canonical form, the value the database stores
+    (:mod:`shardalchemy.sharding.canonical`), on every path: a row written
+    (:meth:`shard_for_value`, :meth:`shard_of_stored`) and a value looked up
+    (:meth:`shard_of_key`, and ``strategy.shard_for``: the rule's ``strategy``
+    is a :class:`CanonicalStrategy`).  ``key_strategy`` is the declared
+    strategy bound to the shards, with the values it names (``Lookup`` keys,
+    ``Range`` bounds) in canonical form; it is asked about canonical forms only.
+
+    Example (the weather world's ``City``, on SQLite):
+
+    >>> rule = shard_map.rules.for_mapper(City.__mapper__)
+    >>> rule.shard_for_value("Asia"), rule.shard_of_key("Mars")
+    ('asia', None)
+    """
 
     name: str
     table: FromClause
     column: ColumnElement[Any]
     attribute: str
     strategy: Strategy
+    form: CanonicalForm = None  # type: ignore[assignment]  # None: the column's generic form
+    key_strategy: Strategy = dataclasses.field(init=False, repr=False, compare=False)
 
-    def shard_for_value(self, value: Any) -> str:
-        """The shard of a row whose shard key is ``value``; raises a clear error if none."""
+    def __post_init__(self) -> None:
+        form = self.form
+        if form is None:  # a rule built by hand: the form of a RuleBook without a dialect
+            form = canonical_form(self.column.type, None, model=self.name, attribute=self.attribute)
+            object.__setattr__(self, "form", form)
+        strategy = self.strategy
+        if isinstance(strategy, CanonicalStrategy):
+            key_strategy = strategy.key_strategy  # already canonical (dataclasses.replace)
+        else:
+            key_strategy = strategy.canonicalized(
+                form.stored, f"{self.name}.{self.attribute}", converts=form.converts
+            )
+        object.__setattr__(self, "key_strategy", key_strategy)
+        object.__setattr__(self, "strategy", CanonicalStrategy(key_strategy, form.compared))
+
+    def canonical(self, value: Any) -> Any:
+        """The value a row written with shard key ``value`` holds; raises :class:`ShardKeyError`.
+
+        ``None`` raises :class:`~shardalchemy.MissingShardKeyError`.
+        """
         if value is None:
             raise MissingShardKeyError(
                 f"{self.name}.{self.attribute} is None; a sharded row needs a shard key "
@@ -51,16 +153,43 @@ class KeyRule:
                 attribute=self.attribute,
                 value=None,
             )
-        shard = self.strategy.shard_for(value)
+        return self.form.stored(value)
+
+    def shard_for_value(self, value: Any) -> str:
+        """The shard of a row whose shard key is ``value``; raises a clear error if none."""
+        stored = self.canonical(value)
+        shard = self.key_strategy.shard_for(stored)
         if shard is None:
+            shown = repr(value) if stored == value else f"{value!r} (stored as {stored!r})"
             raise UnknownShardKeyError(
-                f"{self.name}.{self.attribute} = {value!r} maps to no shard "
+                f"{self.name}.{self.attribute} = {shown} maps to no shard "
                 f"({self.strategy.describe()}); add it to the strategy or fix the value",
                 model=self.name,
                 attribute=self.attribute,
                 value=value,
             )
         return shard
+
+    def shard_of_stored(self, value: Any) -> ShardName | None:
+        """:meth:`shard_for_value` without the errors: ``None`` when it would raise.
+
+        For loops over many rows (bulk writes) that explain a ``None`` afterwards.
+        """
+        if value is None:
+            return None
+        try:
+            return self.key_strategy.shard_for(self.form.stored(value))
+        except ShardingError:  # its stored form is not known
+            return None
+
+    def shard_of_key(self, value: Any) -> ShardName | None:
+        """The one shard whose rows ``column = value`` can match, or ``None`` if not known.
+
+        For lookups: ``get()``, an UPDATE by primary key, a follower's foreign key.
+        ``None`` means "every shard" (a value whose comparison cannot be known,
+        one no shard is mapped for, ``None`` itself), never "no shard".
+        """
+        return self.strategy.shard_for(value)
 
     def protected_names(self) -> dict[str, str]:
         """Names whose assignment would move a row (attribute and column key) -> as shown."""
@@ -132,14 +261,40 @@ class RuleBook:
     """
 
     def __init__(
-        self, shard_names: tuple[ShardName, ...], *, unsharded_home: ShardName | None = None
+        self,
+        shard_names: tuple[ShardName, ...],
+        *,
+        unsharded_home: ShardName | None = None,
+        dialect: str | Iterable[str] | None = None,
     ) -> None:
         self.shard_names = shard_names
         # where the topology keeps unsharded tables: one copy reached through
         # this shard, or (None) a copy on every shard
         self.unsharded_home = unsharded_home
+        self.dialects = dialect_names(dialect)
+        """The backends the shards run (several: their strictest common form is used)."""
         self._by_mapper: dict[Mapper[Any], Rule | None] = {}
         self._by_table: dict[Any, Rule | None] = {}
+        self._forms: dict[Any, CanonicalForm | None] = {}
+
+    def canonical_form(self, column: Any, name: str) -> CanonicalForm | None:
+        """The canonical form of ``column``'s values (``None``: its type has none).
+
+        For columns that route without being a shard key (shard-aware IDs).
+        """
+        try:
+            return self._forms[column]
+        except (KeyError, TypeError):
+            pass
+        try:
+            form: CanonicalForm | None = canonical_form(
+                column.type, self.dialects, model=name, attribute=str(column.key)
+            )
+        except ModelConfigurationError:
+            form = None
+        with contextlib.suppress(TypeError):
+            self._forms[column] = form
+        return form
 
     def for_mapper(self, mapper: Mapper[Any]) -> Rule | None:
         """The rule of ``mapper`` (``None`` if it is not sharded)."""
@@ -239,10 +394,13 @@ class RuleBook:
             column = prop.columns[0]
         else:
             column = table.c[attribute]
-        strategy = declaration.strategy.bind(self.shard_names)
-        for shard in sorted(strategy.shard_names() or ()):
+        form = canonical_form(column.type, self.dialects, model=name, attribute=attribute)
+        rule = KeyRule(
+            name, table, column, attribute, declaration.strategy.bind(self.shard_names), form
+        )
+        for shard in sorted(rule.strategy.shard_names() or ()):
             if shard not in self.shard_names:
                 raise UnknownShardError(
                     shard, self.shard_names, f"the strategy of {name}.{attribute}"
                 )
-        return KeyRule(name, table, column, attribute, strategy)
+        return rule

@@ -37,7 +37,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeAlias, cast
 
-from ..errors import ShardMapError
+from ..errors import ModelConfigurationError, ShardingError, ShardMapError
 from ..ids.columns import generator_of
 
 ShardName: TypeAlias = str
@@ -61,6 +61,20 @@ class Strategy:
 
     def bind(self, shard_names: Sequence[str]) -> Strategy:
         """Return this strategy resolved against the shard map's shard names."""
+        return self
+
+    def canonicalized(
+        self, canonical: Callable[[Any], Any], where: str, *, converts: bool = False
+    ) -> Strategy:
+        """Return this strategy with the values it names in their canonical form.
+
+        A strategy is asked about canonical forms only (the value the database
+        stores: see :mod:`shardalchemy.sharding.canonical`), so the values it was
+        declared with are turned into theirs once, by ``canonical``; ``where``
+        names the shard key for the errors; ``converts`` says the column's type
+        converts values on purpose (a TypeDecorator).  Strategies that name no
+        values return themselves.
+        """
         return self
 
     def shards_between(
@@ -111,6 +125,37 @@ class Lookup(Strategy):
         if self.default is not None:
             names.add(self.default)
         return frozenset(names)
+
+    def canonicalized(
+        self, canonical: Callable[[Any], Any], where: str, *, converts: bool = False
+    ) -> Strategy:
+        """This lookup keyed by canonical forms; two keys stored alike must name one shard.
+
+        >>> lookup = Lookup({"7": "a", 8: "b"})
+        >>> lookup.canonicalized(int, "Event.tenant").mapping
+        {7: 'a', 8: 'b'}
+        """
+        mapping: dict[Any, str] = {}
+        given: dict[Any, Any] = {}
+        for key, shard in self.mapping.items():
+            try:
+                form = canonical(key)
+            except ShardingError as error:
+                raise ModelConfigurationError(
+                    f"{where}: the Lookup key {key!r} cannot be stored in the shard key's column "
+                    f"({error})"
+                ) from None
+            if form in mapping and mapping[form] != shard:
+                raise ModelConfigurationError(
+                    f"{where}: the Lookup keys {given[form]!r} and {key!r} are one value in the "
+                    f"database ({form!r}) but name shards {mapping[form]!r} and {shard!r}"
+                )
+            mapping[form] = shard
+            given.setdefault(form, key)
+        unchanged = len(mapping) == len(self.mapping) and all(
+            type(a) is type(b) and a == b for a, b in zip(mapping, self.mapping, strict=True)
+        )
+        return self if unchanged else Lookup(mapping, default=self.default)
 
     def describe(self) -> str:
         return f"lookup ({len(self.mapping)} values)"
@@ -289,6 +334,46 @@ class Range(Strategy):
         if self.first_shard is not None:
             names.add(self.first_shard)
         return frozenset(names)
+
+    def canonicalized(
+        self, canonical: Callable[[Any], Any], where: str, *, converts: bool = False
+    ) -> Strategy:
+        """This range, its bounds checked to be values the column stores exactly.
+
+        A bound the database would store as another value (``Decimal("1.005")``
+        for a ``Numeric(10, 2)``, a ``datetime`` for a ``Date``) would move the
+        boundary, so it is refused; ``converts`` (a TypeDecorator's column) turns
+        bounds into the canonical form instead.
+
+        >>> Range([(None, "low"), ("10", "high")]).canonicalized(int, "Event.tenant")
+        Traceback (most recent call last):
+        ...
+        shardalchemy.errors.ModelConfigurationError: Event.tenant: the Range bound '10' is ...
+        """
+        bounds = []
+        for bound in self.bounds:
+            try:
+                form = canonical(bound)
+            except ShardingError as error:
+                raise ModelConfigurationError(
+                    f"{where}: the Range bound {bound!r} cannot be stored in the shard key's "
+                    f"column ({error})"
+                ) from None
+            if not converts and form != bound:
+                raise ModelConfigurationError(
+                    f"{where}: the Range bound {bound!r} is stored as {form!r} in the shard "
+                    f"key's column; write the bound as it is stored ({form!r})"
+                )
+            bounds.append(form)
+        if bounds == self.bounds and all(
+            type(a) is type(b) for a, b in zip(bounds, self.bounds, strict=True)
+        ):
+            return self
+        pairs: list[tuple[Any, str]] = []
+        if self.first_shard is not None:
+            pairs.append((None, self.first_shard))
+        pairs += list(zip(bounds, self.owners, strict=True))
+        return Range(pairs)
 
     def shards_between(
         self, low: Any, low_inclusive: bool, high: Any, high_inclusive: bool
