@@ -53,6 +53,7 @@ from ..inspection import SHARD_OPTION
 from ..planning.planner import Planner
 from ..routing.router import Router
 from ..sharding.rules import RuleBook
+from .collations import check_key_collations
 from .naming import physical_table_name, shard_renamer
 
 PLACEMENTS = ("database", "schema", "tables")
@@ -140,6 +141,16 @@ def _database_identity(connection: Connection) -> Any:
     return (dialect, *(str(value) for value in row)) if row is not None else None
 
 
+def _backend_of(target: Any) -> str | None:
+    """The backend (``"postgresql"``, ``"sqlite"``, ...) a URL or engine reaches, if known."""
+    if isinstance(target, Engine):
+        return str(target.dialect.name)
+    try:
+        return str(make_url(target).get_backend_name())
+    except Exception:  # an invalid URL is reported when its engine is built
+        return None
+
+
 def _check_names(names: Iterable[str], what: str) -> tuple[str, ...]:
     result = tuple(names)
     if not result:
@@ -163,11 +174,16 @@ class ShardMap:
 
     placement: str
 
-    def __init__(self, shard_names: Sequence[str]) -> None:
+    def __init__(self, shard_names: Sequence[str], backends: Iterable[str | None] = ()) -> None:
         self.shard_names: tuple[str, ...] = _check_names(shard_names, self.placement)
         self._binds: dict[str, Engine] = {}
         self._lock = threading.RLock()
-        self.rules = RuleBook(self.shard_names, unsharded_home=self._unsharded_home())
+        # the backends the shards run, read from their URLs without connecting: shard keys
+        # are routed by the value those databases store (sharding/canonical.py)
+        known = [backend for backend in backends if backend is not None]
+        self.rules = RuleBook(
+            self.shard_names, unsharded_home=self._unsharded_home(), dialect=known or None
+        )
         """The resolved sharding rules of models and tables, checked against this map."""
         self.router = Router(self.rules, self.shard_names)
         """Routes statements over this map's shards (pure; caches per statement shape)."""
@@ -300,6 +316,7 @@ class ShardMap:
         for shard in self.shard_names:
             with self.bind(shard).begin() as connection:
                 self._create_tables(connection, shard, metadata)
+                self._check_key_collations(connection, shard, metadata)
 
     def drop_all(self, metadata: MetaData) -> None:
         """Drop every table of ``metadata`` on every shard; idempotent."""
@@ -315,6 +332,7 @@ class ShardMap:
         for shard in self.shard_names:
             async with AsyncEngine(self.bind(shard)).begin() as connection:
                 await connection.run_sync(self._create_tables, shard, metadata)
+                await connection.run_sync(self._check_key_collations, shard, metadata)
 
     async def drop_all_async(self, metadata: MetaData) -> None:
         """:meth:`drop_all` for a shard map built from async URLs."""
@@ -326,6 +344,19 @@ class ShardMap:
 
     def _create_tables(self, connection: Connection, shard: str, metadata: MetaData) -> None:
         metadata.create_all(connection, checkfirst=True)
+
+    def _check_key_collations(self, connection: Connection, shard: str, metadata: MetaData) -> None:
+        """Refuse a string shard key whose real collation on ``shard`` its routing does not fit."""
+        check_key_collations(
+            connection,
+            shard,
+            self.rules.check(metadata),
+            lambda table: self._location(table, shard),
+        )
+
+    def _location(self, table: Any, shard: str) -> tuple[str | None, str]:
+        """(schema or None, table name) of ``table`` on ``shard``."""
+        return table.schema, str(table.name)
 
     def _drop_tables(self, connection: Connection, shard: str, metadata: MetaData) -> None:
         metadata.drop_all(connection, checkfirst=True)
@@ -403,7 +434,7 @@ class DatabaseShardMap(ShardMap):
             raise ShardMapError(
                 "ShardMap.databases() needs a mapping of shard name -> URL or Engine"
             )
-        super().__init__(list(shards))
+        super().__init__(list(shards), [_backend_of(target) for target in shards.values()])
         self._targets = dict(shards)
         self._engine_options = engine_options
         _refuse_shared_databases(self._targets)
@@ -444,7 +475,7 @@ class _OneDatabaseShardMap(ShardMap):
     def __init__(
         self, url: str | URL | Engine, shard_names: Sequence[str], **engine_options: Any
     ) -> None:
-        super().__init__(shard_names)
+        super().__init__(shard_names, [_backend_of(url)])
         self._database_url = url
         self._engine_options = engine_options
         self._engine: Engine | None = None
@@ -529,6 +560,9 @@ class SchemaShardMap(_OneDatabaseShardMap):
 
     def location(self, shard: str) -> str:
         return f"schema {self.schema_names[shard]!r}"
+
+    def _location(self, table: Any, shard: str) -> tuple[str | None, str]:
+        return self.schema_names[shard], str(table.name)
 
     def table_name(self, table: Any, shard: str) -> str:
         return f"{self.schema_names[shard]}.{table.name}"
@@ -616,6 +650,9 @@ class TablesShardMap(_OneDatabaseShardMap):
 
     def location(self, shard: str) -> str:
         return f"tables named {self.naming.format(shard=shard, table='<table>')!r}"
+
+    def _location(self, table: Any, shard: str) -> tuple[str | None, str]:
+        return table.schema, self.table_name(table, shard)
 
     def table_name(self, table: Any, shard: str) -> str:
         return physical_table_name(table, shard, self.naming)
