@@ -879,10 +879,6 @@ def core_cases(family: str, backend: str, factor: int = 1) -> list[Spec]:
 
 # -- issue 12's classes of wrong answers, as the xfail markers name them -----------------------
 
-ISSUE12_SHARED_SLOT = (
-    "issue 12: Core aggregates of one function share one result slot when the plan adds a "
-    "hidden column"
-)
 ISSUE12_DISTINCT_COLUMN = "issue 12: select(distinct(col)) concatenates each shard's values"
 ISSUE12_SAME_NAME = (
     "issue 12: same-named expressions of two models crash the planner (AttributeError: "
@@ -925,7 +921,6 @@ def in_every_placement(family: str, backends: tuple[str, ...] = BACKENDS) -> str
 # draws mix shapes that pass and shapes that fail
 CORE_FAILING = failing(
     (ISSUE12_DISTINCT_COLUMN, in_every_placement("distinct")),
-    (ISSUE12_SHARED_SLOT, in_every_placement("aggregate")),
 )
 
 

@@ -75,7 +75,6 @@ from test_cross_shard_differential import (
     ISSUE12_LONG_TEXT_KEY,
     ISSUE12_ORDER_BY_TEXT,
     ISSUE12_SAME_NAME,
-    ISSUE12_SHARED_SLOT,
     ISSUE12_TEXT_KEY_EXPRESSION,
     ISSUE12_TEXT_SQL,
     PLACEMENTS,
@@ -892,11 +891,6 @@ ISSUE12_EXAMPLES: dict[str, Example] = {
 # example -> (why it fails today, on which backends); strict: a fixed one turns red, and its
 # entry is to be removed (the examples run in each backend's own placement, PLACEMENTS)
 ISSUE12_FAILING_EXAMPLES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "Core count(*) with count(DISTINCT)": (ISSUE12_SHARED_SLOT, BACKENDS),
-    "Core min with count(DISTINCT) and text min": (ISSUE12_SHARED_SLOT, BACKENDS),
-    "Core coalesce(sum) next to two sums": (ISSUE12_SHARED_SLOT, BACKENDS),
-    "Core avg between two sums": (ISSUE12_SHARED_SLOT, BACKENDS),
-    "Core min next to a text min": (ISSUE12_SHARED_SLOT, ("mariadb",)),
     "select(distinct(col))": (ISSUE12_DISTINCT_COLUMN, BACKENDS),
     "same-named aggregates of two models": (ISSUE12_SAME_NAME, BACKENDS),
     "text sort key longer than its VARCHAR": (ISSUE12_LONG_TEXT_KEY, ("mariadb",)),

@@ -123,7 +123,7 @@ def merged_result(
     """
     metadata = template._metadata._for_freeze()
     if visible is not None:
-        metadata = metadata._reduce(list(range(visible)))
+        metadata = _leading_columns(metadata, visible)
     result = ShardedResult(uniquing_by_identity(metadata), rows, sources)
     # a state of its own: the shards' results were uniqued with theirs
     # (processed_rows), and sharing one set would drop the first shard's rows
@@ -131,6 +131,28 @@ def merged_result(
     result._yield_per = template._yield_per
     result._attributes = template._attributes.union({"is_single_entity": single_entity})
     return result
+
+
+def _leading_columns(metadata: Any, visible: int) -> Any:
+    """Frozen ``metadata`` reduced to its first ``visible`` columns, by position.
+
+    ``_reduce()`` finds each column by its name, and SQLAlchemy 2.1's cursor keymap can
+    map one name to another column (two anonymous labels of one function: ``count_1``
+    finds the second ``count``), so a reduce by name would read that column twice.  The
+    names and column objects are kept as the frozen metadata has them.
+    """
+    from sqlalchemy.engine.result import SimpleResultMetaData, tuplegetter
+
+    keys = list(metadata._keys[:visible])
+    positions = list(range(visible))
+    return SimpleResultMetaData(
+        keys,
+        extra=[metadata._keymap[key][2] for key in keys],
+        _tuplefilter=tuplegetter(*positions),
+        _translated_indexes=positions,
+        _processors=metadata._processors,
+        _create_unique_filters=metadata._create_unique_filters,
+    )
 
 
 def rows_with_columns(result: Any, columns: tuple[Any, ...]) -> Iterator[tuple[Any, ...]] | None:
