@@ -879,7 +879,6 @@ def core_cases(family: str, backend: str, factor: int = 1) -> list[Spec]:
 
 # -- issue 12's classes of wrong answers, as the xfail markers name them -----------------------
 
-ISSUE12_DISTINCT_COLUMN = "issue 12: select(distinct(col)) concatenates each shard's values"
 ISSUE12_SAME_NAME = (
     "issue 12: same-named expressions of two models crash the planner (AttributeError: "
     "'Mapper' object has no attribute '__visit_name__')"
@@ -919,9 +918,7 @@ def in_every_placement(family: str, backends: tuple[str, ...] = BACKENDS) -> str
 
 # (backend, placement, family) -> why the drawn Core specs fail today; not strict: a family's
 # draws mix shapes that pass and shapes that fail
-CORE_FAILING = failing(
-    (ISSUE12_DISTINCT_COLUMN, in_every_placement("distinct")),
-)
+CORE_FAILING = failing()  # none today
 
 
 @backend_params(("family",), CORE_FAILING, FAMILIES)

@@ -71,7 +71,6 @@ from test_cross_shard_differential import (
     ALL_PLACEMENTS,
     BACKENDS,
     ISSUE12_ALIASED_CORRELATION,
-    ISSUE12_DISTINCT_COLUMN,
     ISSUE12_LONG_TEXT_KEY,
     ISSUE12_ORDER_BY_TEXT,
     ISSUE12_SAME_NAME,
@@ -891,7 +890,6 @@ ISSUE12_EXAMPLES: dict[str, Example] = {
 # example -> (why it fails today, on which backends); strict: a fixed one turns red, and its
 # entry is to be removed (the examples run in each backend's own placement, PLACEMENTS)
 ISSUE12_FAILING_EXAMPLES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "select(distinct(col))": (ISSUE12_DISTINCT_COLUMN, BACKENDS),
     "same-named aggregates of two models": (ISSUE12_SAME_NAME, BACKENDS),
     "text sort key longer than its VARCHAR": (ISSUE12_LONG_TEXT_KEY, ("mariadb",)),
     "ORDER BY text() of a grouped label": (ISSUE12_ORDER_BY_TEXT, BACKENDS),

@@ -614,3 +614,37 @@ def test_core_aggregates_of_one_function_each_keep_their_own_value(
     assert len(got) == len(expected)
     for want, have in zip(sorted(expected, key=repr), sorted(got, key=repr), strict=True):
         assert have == pytest.approx(want)
+
+
+@pytest.mark.filterwarnings("ignore:Column-expression-level unary distinct")
+@settings(max_examples=40, deadline=None)
+@given(
+    first=st.sampled_from(["name", "population", "id"]),
+    others=st.lists(st.sampled_from(["name", "population", "id"]), max_size=2),
+    labeled=st.booleans(),
+    core=st.booleans(),
+    facts=st.sampled_from([SQLITE, POSTGRESQL, MARIADB]),
+)
+def test_a_column_level_distinct_makes_the_rows_distinct_across_shards(
+    first: str, others: list[str], labeled: bool, core: bool, facts: DatabaseFacts
+) -> None:
+    """Class C: ``select(distinct(x), ...)`` renders ``SELECT DISTINCT x, ...``: the rows are made
+    distinct again after the merge, as ``select(x, ...).distinct()`` is (they were
+    concatenated), and ``x`` compares as its column does."""
+
+    def named(name: str) -> Any:
+        return CITIES.c[name] if core else getattr(City, name)
+
+    column = named(first)
+    leading = distinct(column).label("first") if labeled else distinct(column)
+    statement = select(leading, *map(named, others))
+    twin = select(column.label("first") if labeled else column, *map(named, others))
+    planned, expected = plan(statement, facts), plan(twin.distinct(), facts)
+    assert [type(step) for step in planned.steps] == [Distinct]
+    assert planned.steps[0].indices == expected.steps[0].indices
+    assert sql(planned).startswith("SELECT DISTINCT")
+    width = 1 + len(others)
+    row = tuple("a" if i == 0 and first == "name" else i for i in range(width))
+    hidden = ("w",) * (len(planned.statement.selected_columns) - width)  # weight strings
+    shard = [(*row, *hidden), (*row, *hidden)]
+    assert [r[:width] for r in planned.merge([iter(shard), iter(shard)])] == [row]

@@ -122,8 +122,23 @@ def statement_options(statement: Any) -> tuple[Any, ...]:
 
 
 def is_distinct(statement: Any) -> bool:
-    """Whether a SELECT is ``SELECT DISTINCT`` (``Select._distinct``; no public getter)."""
-    return bool(getattr(statement, "_distinct", False))
+    """Whether a SELECT is ``SELECT DISTINCT`` (``Select._distinct``; no public getter).
+
+    Also when its select list starts with a column-level ``distinct(x)``: SQLAlchemy
+    renders ``select(distinct(x), y)`` as ``SELECT DISTINCT x, y``, which the database
+    reads as DISTINCT over the whole row (a ``DISTINCT`` further on is a syntax error).
+    """
+    if getattr(statement, "_distinct", False):
+        return True
+    from sqlalchemy.sql import operators
+    from sqlalchemy.sql.elements import Grouping, Label, UnaryExpression
+
+    for column in raw_columns(statement):
+        while isinstance(column, Label | Grouping):
+            column = column.element
+        if isinstance(column, UnaryExpression) and column.operator is operators.distinct_op:
+            return True
+    return False
 
 
 def for_update(statement: Any) -> Any:

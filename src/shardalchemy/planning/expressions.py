@@ -60,12 +60,14 @@ def short(element: Any) -> str:
 
 
 def strip(element: Any) -> Any:
-    """``element`` without labels, parentheses and one-element lists.
+    """``element`` without labels, parentheses, one-element lists and a column's ``DISTINCT``.
 
-    (GROUP BY keeps a function as a list of one anonymous label of it.)
+    (GROUP BY keeps a function as a list of one anonymous label of it; a column-level
+    ``distinct(x)`` of the select list makes the whole SELECT distinct, see
+    :func:`~shardalchemy._sqlalchemy.selects.is_distinct`, and its value is ``x``'s.)
     """
     while True:
-        if isinstance(element, Label | Grouping):
+        if isinstance(element, Label | Grouping) or elements.is_distinct(element):
             element = element.element
         elif isinstance(element, ClauseList) and len(element.clauses) == 1:
             element = element.clauses[0]
