@@ -109,6 +109,12 @@ PROVEN: dict[str, Any] = {
     "a correlated EXISTS": select(Tenant.id).where(
         exists(select(User.id).where(User.tenant_id == Tenant.id, User.name == "x"))
     ),
+    "the key IN (SELECT a follower's key)": select(Tenant.id).where(
+        Tenant.id.in_(select(User.tenant_id).where(User.name == "x"))
+    ),
+    "a follower's key IN (SELECT another follower's key)": select(Project.id).where(
+        Project.tenant_id.in_(select(User.tenant_id))
+    ),
     "a correlated NOT EXISTS": select(Tenant.id).where(
         ~exists(select(User.id).where(User.tenant_id == Tenant.id))
     ),
@@ -133,6 +139,12 @@ NOT_PROVEN: dict[str, Any] = {
     ),
     "an uncorrelated IN subquery": select(Tenant.id).where(
         Tenant.name.in_(select(Tenant.name).where(Tenant.plan == "free"))
+    ),
+    "the key IN (SELECT a key ... LIMIT)": select(Tenant.id).where(
+        Tenant.id.in_(select(User.tenant_id).limit(3))
+    ),
+    "the key IN (SELECT another column)": select(Tenant.id).where(
+        Tenant.id.in_(select(User.id).where(User.name == "x"))
     ),
     "an uncorrelated EXISTS": select(Tenant.id).where(
         exists(select(User.id).where(User.name == "x"))

@@ -50,7 +50,7 @@ from sqlalchemy.sql.elements import (
     Grouping,
     Label,
 )
-from sqlalchemy.sql.selectable import Alias, FromClause, Join, SelectBase, Subquery
+from sqlalchemy.sql.selectable import Alias, FromClause, Join, ScalarSelect, SelectBase, Subquery
 
 from .._sqlalchemy import dml, selects
 from .._sqlalchemy.elements import is_anonymous_key, plain
@@ -160,6 +160,7 @@ class _Analysis:
         self.proofs: list[str] = []
         self.problem: Colocation | None = None
         self.joins: list[str] = []  # non-proving conditions seen, for the message
+        self.scopes: dict[int, tuple[dict[Any, _Source], ...]] = {}  # per nested SELECT
 
     # union-find over source indices
     def find(self, index: int) -> int:
@@ -289,12 +290,46 @@ class _Analysis:
         for clause, _outer in conditions:
             for conjunct in _conjuncts(clause):
                 self.equality(conjunct, chain)
+        self.scopes[id(statement)] = chain
         # subqueries in expressions: their rows must be tied to these on the shard key
         for clause, _outer in conditions:
             self.subqueries(clause, visible, chain)
         for expression in expressions:
             self.subqueries(expression, visible, chain)
+        # key IN (SELECT key FROM ...): a semi-join, tied like an equality of the two
+        for clause, _outer in conditions:
+            for conjunct in _conjuncts(clause):
+                self.semi_join(conjunct, chain)
         return own
+
+    def semi_join(self, conjunct: Any, scopes: tuple[dict[Any, _Source], ...]) -> None:
+        """``x IN (SELECT y ...)`` ties ``x``'s row to ``y``'s as ``x = y`` would.
+
+        Only for a subquery that keeps every matching row (no LIMIT/OFFSET) and selects a
+        column (not an aggregate): then every ``y`` equal to ``x`` lives on ``x``'s shard.
+        """
+        if not (isinstance(conjunct, BinaryExpression) and conjunct.operator is operators.in_op):
+            return
+        outer = _column(conjunct.left)
+        inner_select: Any = conjunct.right
+        while isinstance(inner_select, Grouping | ScalarSelect):
+            inner_select = inner_select.element
+        if outer is None or not isinstance(inner_select, Select):
+            return
+        columns = selects.raw_columns(inner_select)
+        inner_scopes = self.scopes.get(id(inner_select))
+        if len(columns) != 1 or inner_scopes is None or selects.has_limit_or_offset(inner_select):
+            return
+        inner = _column(columns[0])
+        if inner is None:
+            return
+        self.tie(
+            outer,
+            scopes,
+            inner,
+            inner_scopes,
+            f"{_describe_column(outer)} IN (SELECT {_describe_column(inner)} ...)",
+        )
 
     def from_element(
         self,
@@ -356,11 +391,12 @@ class _Analysis:
 
     def derived_source(self, subquery: Subquery) -> _Source | None:
         """A subquery in FROM: co-located inside; its shard is that of the keys it projects."""
-        inner = subquery.element
+        inner: Any = subquery.element
         while isinstance(inner, Grouping):
             inner = inner.element
         parts = inner.selects if isinstance(inner, CompoundSelect) else [inner]
         analyses = []
+        part: Any
         for part in parts:
             while isinstance(part, Grouping):
                 part = part.element
@@ -418,10 +454,21 @@ class _Analysis:
         left, right = _column(conjunct.left), _column(conjunct.right)
         if left is None or right is None:
             return
-        first, second = _resolve(left.table, scopes), _resolve(right.table, scopes)
+        shown = f"{_describe_column(left)} = {_describe_column(right)}"
+        self.tie(left, scopes, right, scopes, shown)
+
+    def tie(
+        self,
+        left: Any,
+        left_scopes: tuple[dict[Any, _Source], ...],
+        right: Any,
+        right_scopes: tuple[dict[Any, _Source], ...],
+        shown: str,
+    ) -> None:
+        """Union the sources of two columns the statement equates, if that proves a shard."""
+        first, second = _resolve(left.table, left_scopes), _resolve(right.table, right_scopes)
         if first is None or second is None or first is second:
             return
-        shown = f"{_describe_column(left)} = {_describe_column(right)}"
         for one, two in ((first, second), (second, first)):
             column_one, column_two = (left, right) if one is first else (right, left)
             spaces_one = {space for col, space in one.placements if _same(col, column_one)}
