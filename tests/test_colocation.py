@@ -231,3 +231,77 @@ def test_a_colocated_join_pinned_on_one_side_still_prunes() -> None:
     assert ROUTER.route(statement).shards == (
         Tenant.__sharding__.strategy.bind(SHARDS).shard_for(5),
     )
+
+
+# -- on a database: what is not co-located is refused, never answered per shard -------------
+
+
+@pytest.fixture
+def tenants(tmp_path: Any) -> Any:
+    from shardalchemy import ShardMap
+
+    shard_map = ShardMap.tables(f"sqlite:///{tmp_path / 'tenants.db'}", list(SHARDS))
+    shard_map.create_all(Base.metadata)
+    with shard_map.sessionmaker()() as session:
+        for number in range(1, 13):
+            tenant = Tenant(id=number, name=f"t{number}", plan="free" if number % 3 else "pro")
+            session.add_all([tenant, User(id=number, tenant_id=number, name=f"u{number % 4}")])
+        session.commit()
+    yield shard_map
+    shard_map.dispose()
+
+
+def test_a_multi_shard_update_that_is_not_colocated_is_refused_and_changes_nothing(
+    tenants: Any,
+) -> None:
+    from shardalchemy import CrossShardQueryError
+
+    statement = (
+        update(User)
+        .where(User.name.in_(select(User.name).where(User.id == 1)))
+        .values(name="changed")
+    )
+    with tenants.sessionmaker()() as session:
+        with pytest.raises(CrossShardQueryError, match="not tied to the outer query"):
+            session.execute(statement)
+        session.rollback()
+        assert session.scalar(select(func.count()).where(User.name == "changed")) == 0
+        # the same, co-located (correlated on the key), runs on every shard
+        correlated = (
+            update(User)
+            .where(
+                exists(select(Tenant.id).where(Tenant.id == User.tenant_id, Tenant.plan == "pro"))
+            )
+            .values(name="pro user")
+        )
+        assert session.execute(correlated).rowcount == 4
+        # and concatenation, asked for, runs it shard by shard
+        session.execute(statement.execution_options(cross_shard="concatenate"))
+
+
+def test_the_issue_examples_are_refused_not_answered_wrongly(tenants: Any) -> None:
+    from shardalchemy import CrossShardQueryError
+
+    with tenants.sessionmaker()() as session:
+        for statement in (
+            select(Tenant.id).where(
+                Tenant.plan == select(Tenant.plan).where(Tenant.id == 3).scalar_subquery()
+            ),
+            select(Tenant.id).where(
+                Tenant.name.in_(select(Tenant.name).where(Tenant.plan == "pro"))
+            ),
+            select(Tenant.id).join(twin, twin.plan == Tenant.plan).where(twin.id == 5),
+        ):
+            with pytest.raises(CrossShardQueryError):
+                session.execute(statement).all()
+        # co-located shapes are answered, as one database would
+        counts = session.execute(
+            select(
+                Tenant.id,
+                select(func.count(User.id)).where(User.tenant_id == Tenant.id).scalar_subquery(),
+            ).order_by(Tenant.id)
+        ).all()
+        assert counts == [(number, 1) for number in range(1, 13)]
+        explained = session.explain(select(Tenant.id).join(twin, twin.plan == Tenant.plan))
+        assert explained.colocation is not None and not explained.colocation.proven
+        assert "nothing equates the shard keys" in explained.colocation.describe()

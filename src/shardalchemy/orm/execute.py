@@ -211,6 +211,22 @@ def _check_multi_shard(session: ShardedSession, orm_context: ORMExecuteState, ro
             tables=tables,
             missing=keys,
         )
+    # an UPDATE/DELETE over rows that may meet on different shards (an uncorrelated
+    # subquery, a join not on the shard key) would change each shard by its own rows only;
+    # SELECTs are refused by the planner, which knows the exact plans
+    proof = route.colocation
+    if (
+        not orm_context.is_select
+        and proof is not None
+        and not proof.proven
+        and session._fan_out_settings(orm_context.execution_options).merge
+    ):
+        raise CrossShardQueryError(
+            f"{statement_label(statement)} on several shards cannot be run exactly: "
+            f"{proof.problem}. Pin it to one shard, rewrite it, or run it shard by shard with "
+            ".execution_options(cross_shard='concatenate')",
+            construct=proof.construct or statement_label(statement),
+        )
 
 
 def refuse_textual(session: ShardedSession, statement: Any, route: Route, options: Any) -> None:
