@@ -73,7 +73,6 @@ from test_cross_shard_differential import (
     ISSUE12_ALIASED_CORRELATION,
     ISSUE12_LONG_TEXT_KEY,
     ISSUE12_ORDER_BY_TEXT,
-    ISSUE12_SAME_NAME,
     ISSUE12_TEXT_KEY_EXPRESSION,
     ISSUE12_TEXT_SQL,
     PLACEMENTS,
@@ -460,12 +459,9 @@ def _everywhere(family: str, backends: tuple[str, ...] = BACKENDS) -> str:
 # (family, backend, placement) -> why the drawn statements of that family fail today; not
 # strict: each family's draws mix shapes that pass and shapes that fail
 SHOP_FAILING = failing(
-    (ISSUE12_SAME_NAME, _everywhere("join")),
-    (ISSUE12_SAME_NAME, _everywhere("subquery")),
     (ISSUE12_ALIASED_CORRELATION, _everywhere("subquery")),
     (ISSUE12_TEXT_SQL, _everywhere("text")),
     (ISSUE12_TEXT_KEY_EXPRESSION, _everywhere("sort", ("mariadb",))),
-    (ISSUE12_SAME_NAME, _everywhere("sort", ("mariadb",))),
 )
 
 
@@ -539,7 +535,6 @@ async def shop_answer_async(
 SHOP_ASYNC_FAILING = failing(
     (ISSUE12_TEXT_SQL, _everywhere("async")),
     (ISSUE12_ALIASED_CORRELATION, _everywhere("async")),
-    (ISSUE12_SAME_NAME, _everywhere("async", ("mariadb",))),
 )
 
 
@@ -890,7 +885,6 @@ ISSUE12_EXAMPLES: dict[str, Example] = {
 # example -> (why it fails today, on which backends); strict: a fixed one turns red, and its
 # entry is to be removed (the examples run in each backend's own placement, PLACEMENTS)
 ISSUE12_FAILING_EXAMPLES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "same-named aggregates of two models": (ISSUE12_SAME_NAME, BACKENDS),
     "text sort key longer than its VARCHAR": (ISSUE12_LONG_TEXT_KEY, ("mariadb",)),
     "ORDER BY text() of a grouped label": (ISSUE12_ORDER_BY_TEXT, BACKENDS),
 }

@@ -29,7 +29,14 @@ from sqlalchemy import (
     union_all,
 )
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, selectinload
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    aliased,
+    mapped_column,
+    relationship,
+    selectinload,
+)
 
 from shardalchemy import CrossShardQueryError, FollowParent, Hash, ShardKey
 from shardalchemy._sqlalchemy import results as results_api
@@ -648,3 +655,63 @@ def test_a_column_level_distinct_makes_the_rows_distinct_across_shards(
     hidden = ("w",) * (len(planned.statement.selected_columns) - width)  # weight strings
     shard = [(*row, *hidden), (*row, *hidden)]
     assert [r[:width] for r in planned.merge([iter(shard), iter(shard)])] == [row]
+
+
+_REPORTS_AGAIN = aliased(Report, name="again")
+_SOURCES_OF_NAMES = {
+    "cities": City,
+    "reports": Report,
+    "again": _REPORTS_AGAIN,
+    "core cities": CITIES.c,
+    "core reports": REPORTS.c,
+}
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    picks=st.lists(
+        st.tuples(
+            st.sampled_from(sorted(_SOURCES_OF_NAMES)),
+            st.sampled_from(["count", "sum", "min", "max", "avg"]),
+        ),
+        min_size=2,
+        max_size=4,
+    ),
+    ordered=st.booleans(),
+)
+def test_same_named_expressions_of_two_models_are_each_their_own(
+    picks: list[tuple[str, str]], ordered: bool
+) -> None:
+    """Class D: ``count(Customer.id)`` and ``count(Order.id)`` (one name, two mappers) are told
+    apart; comparing them once raised AttributeError ('Mapper' object has no attribute
+    '__visit_name__') as SQLAlchemy's compare() walked the mappers that made them."""
+    statement = select(
+        *(getattr(func, name)(_SOURCES_OF_NAMES[source].id) for source, name in picks)
+    )
+    statement = (
+        statement.select_from(City)
+        .join(Report, Report.city_id == City.id)
+        .join(_REPORTS_AGAIN, _REPORTS_AGAIN.city_id == City.id)
+    )
+    if ordered:
+        statement = statement.order_by(
+            *(getattr(func, name)(_SOURCES_OF_NAMES[source].id) for source, name in reversed(picks))
+        )
+    planned = plan(statement)
+    (aggregate, *_) = planned.steps
+    assert [slot.index for slot in aggregate.slots[: len(picks)]] == list(range(len(picks)))
+    for position, (_, name) in enumerate(picks):
+        assert aggregate.slots[position].kind == name
+        assert position in aggregate.slots[position].sources
+
+
+def test_columns_of_two_models_sort_a_join_by_their_own_values() -> None:
+    statement = (
+        select(City.id, Report.id)
+        .join(Report, Report.city_id == City.id)
+        .order_by(City.name, Report.temperature, Report.id)
+    )
+    planned = plan(statement, MARIADB)
+    labels = [key.label for key in planned.combiner.keys]
+    assert labels == ["cities.name", "reports.temperature", "reports.id"]
+    assert planned.combiner.keys[-1].index == 1

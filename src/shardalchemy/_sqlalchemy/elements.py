@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy.sql import traversals
+
 
 def plain(element: Any) -> Any:
     """``element`` without ORM annotations (annotated copies hash and compare differently)."""
@@ -80,3 +82,24 @@ def cache_key(statement: Any) -> Any:
 def original_bind_key(bind: Any) -> str:
     """The name an anonymous bind parameter was made from (``"sensor"`` for ``sensor_1``)."""
     return str(getattr(bind, "_orig_key", "") or "")
+
+
+def same_structure(left: Any, right: Any) -> bool:
+    """Whether two expressions are the same SQL (``ClauseElement.compare``), whoever made them.
+
+    ``compare()`` also compares the ORM's ``_propagate_attrs`` (the mapper an ORM
+    attribute made an expression from) by traversing the mappers as if they were SQL
+    elements, which raises ``AttributeError`` (no ``__visit_name__``) when two mappers
+    differ: ``func.count(Customer.id)`` against ``func.count(Order.id)``.  Which
+    mapper made an expression does not change its SQL, so this comparison skips it
+    (SQLAlchemy's private ``traversals.TraversalComparatorStrategy``, since 1.4).
+    """
+    comparator = _SqlOnlyComparator()  # type: ignore[no-untyped-call]
+    return bool(comparator.compare(left, right))
+
+
+class _SqlOnlyComparator(traversals.TraversalComparatorStrategy):
+    __slots__ = ()
+
+    def visit_propagate_attrs(self, *args: Any, **kw: Any) -> None:
+        return None  # the ORM's plugin subject: who made the expression, not what it is

@@ -111,7 +111,7 @@ def contains_aggregate(element: Any) -> bool:
 
 
 def same_expression(left: Any, right: Any) -> bool:
-    return bool(elements.plain(strip(left)).compare(elements.plain(strip(right))))
+    return elements.same_structure(elements.plain(strip(left)), elements.plain(strip(right)))
 
 
 def type_of(element: Any) -> Any:
