@@ -879,7 +879,6 @@ def core_cases(family: str, backend: str, factor: int = 1) -> list[Spec]:
 
 # -- issue 12's classes of wrong answers, as the xfail markers name them -----------------------
 
-ISSUE12_ORDER_BY_TEXT = "issue 12: ORDER BY text() of a multi-shard GROUP BY: NotImplementedError"
 ISSUE12_TEXT_SQL = "issue 12: textual SQL on several shards is neither refused nor merged"
 ISSUE12_LONG_TEXT_KEY = (
     "issue 12: MariaDB text sort keys longer than their declared length sort wrongly "

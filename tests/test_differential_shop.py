@@ -72,7 +72,6 @@ from test_cross_shard_differential import (
     BACKENDS,
     ISSUE12_ALIASED_CORRELATION,
     ISSUE12_LONG_TEXT_KEY,
-    ISSUE12_ORDER_BY_TEXT,
     ISSUE12_TEXT_KEY_EXPRESSION,
     ISSUE12_TEXT_SQL,
     PLACEMENTS,
@@ -886,7 +885,6 @@ ISSUE12_EXAMPLES: dict[str, Example] = {
 # entry is to be removed (the examples run in each backend's own placement, PLACEMENTS)
 ISSUE12_FAILING_EXAMPLES: dict[str, tuple[str, tuple[str, ...]]] = {
     "text sort key longer than its VARCHAR": (ISSUE12_LONG_TEXT_KEY, ("mariadb",)),
-    "ORDER BY text() of a grouped label": (ISSUE12_ORDER_BY_TEXT, BACKENDS),
 }
 ISSUE12_FAILING = {
     (name, backend, PLACEMENTS[backend]): reason

@@ -18,6 +18,7 @@ from sqlalchemy import (
     Table,
     bindparam,
     create_engine,
+    desc,
     distinct,
     except_,
     exists,
@@ -25,6 +26,7 @@ from sqlalchemy import (
     intersect,
     literal_column,
     select,
+    text,
     union,
     union_all,
 )
@@ -715,3 +717,63 @@ def test_columns_of_two_models_sort_a_join_by_their_own_values() -> None:
     labels = [key.label for key in planned.combiner.keys]
     assert labels == ["cities.name", "reports.temperature", "reports.id"]
     assert planned.combiner.keys[-1].index == 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    keys=st.lists(
+        st.tuples(
+            st.sampled_from(["n", "total", "name"]),
+            st.sampled_from(["", " ASC", " desc", " DESC"]),
+            st.sampled_from(["plain", "upper", "quoted"]),
+        ),
+        min_size=1,
+        max_size=3,
+        unique_by=lambda key: key[0],
+    ),
+    grouped=st.booleans(),
+    facts=st.sampled_from([SQLITE, POSTGRESQL]),
+)
+def test_a_textual_order_by_naming_labels_sorts_by_those_columns(
+    keys: list[tuple[str, str, str]], grouped: bool, facts: DatabaseFacts
+) -> None:
+    """Class E: ``ORDER BY text("n DESC")`` names a column of the select list: a sort on that
+    column (it once raised a bare NotImplementedError)."""
+    if grouped:
+        statement = select(
+            City.name, func.count().label("n"), func.sum(City.population).label("total")
+        ).group_by(City.name)
+    else:
+        statement = select(City.name, City.id.label("n"), City.population.label("total"))
+    spelled = {
+        "plain": lambda name: name,
+        "upper": lambda name: name.upper(),
+        "quoted": lambda name: f'"{name}"',
+    }
+    order = ", ".join(spelled[style](name) + direction for name, direction, style in keys)
+    planned = plan(statement.order_by(text(order)), facts)
+    sort = planned.steps[-1] if grouped else planned.combiner
+    positions = {"name": 0, "n": 1, "total": 2}
+    assert [(key.index, key.descending) for key in sort.keys] == [
+        (positions[name], direction.strip().upper() == "DESC") for name, direction, _ in keys
+    ]
+    assert all(key.nulls_first is (key.descending is facts.nulls_high) for key in sort.keys)
+
+
+@pytest.mark.parametrize(
+    "order",
+    ["random()", "n + 1", "population DESC", "n DESC DESC", ":value", "count_1", "id, n"],
+)
+def test_a_textual_order_by_of_anything_but_columns_is_refused(order: str) -> None:
+    statement = (
+        select(City.name, func.count().label("n"), func.count())
+        .group_by(City.name)
+        .order_by(text(order))
+    )
+    with pytest.raises(CrossShardQueryError) as caught:
+        plan(statement)
+    assert caught.value.construct.startswith("ORDER BY")
+    # the direction given twice, or NULLS FIRST where it is not SQL
+    for twice, facts in ((desc(text("n DESC")), SQLITE), (text("n NULLS FIRST"), MARIADB)):
+        with pytest.raises(CrossShardQueryError):
+            plan(statement.order_by(None).order_by(twice), facts)

@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import literal
 from sqlalchemy.sql import sqltypes
-from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.elements import ColumnClause, ColumnElement, Label
 
 from .._sqlalchemy import elements
 from ..merge.keys import Transform, as_is
@@ -60,6 +60,31 @@ class Columns:
             if getattr(column, "name", None) == name or getattr(column, "key", None) == name:
                 return index
         raise refuse(f"ORDER BY / GROUP BY {name!r}", "it names no column of the select list")
+
+    def by_output_name(self, name: str, quoted: bool, what: str) -> int:
+        """The select list's column the database names ``name`` in its result.
+
+        A label given with ``.label()`` or a table's column, by its name (an unquoted
+        name case-insensitively); the anonymous names SQLAlchemy makes up (``count_1``)
+        are not the user's to name.  Refused unless exactly one column is so named.
+        """
+
+        def named(column: Any) -> bool:
+            if isinstance(column, Label):
+                own = None if elements.is_anonymous_key(column.name) else column.name
+            elif isinstance(column, ColumnClause):
+                own = column.name
+            else:
+                own = None
+            if own is None:
+                return False
+            return own == name if quoted else str(own).lower() == name.lower()
+
+        found = [index for index, column in enumerate(self.visible) if named(column)]
+        if len(found) != 1:
+            why = "it names no column of the select list" if not found else "it is ambiguous"
+            raise refuse(what, f"{why} (a label given with .label(), or a table's column)")
+        return found[0]
 
     def hidden_index(self, expression: Any, kind: str) -> int:
         """The position of ``expression`` among the hidden columns, added if it is not there."""

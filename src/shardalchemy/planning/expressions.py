@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,6 +16,7 @@ from sqlalchemy.sql.elements import (
     ColumnElement,
     Grouping,
     Label,
+    TextClause,
     UnaryExpression,
 )
 from sqlalchemy.sql.functions import FunctionElement
@@ -195,3 +198,57 @@ def conjuncts(clause: Any) -> Iterator[Any]:
             yield from conjuncts(inner)
     else:
         yield clause
+
+
+# one key of a textual ORDER BY: a name (plain, "quoted" or `quoted`), ASC/DESC, NULLS FIRST/LAST
+_TEXTUAL_KEY = re.compile(
+    r"""\s*(?:"(?P<double>[^"]+)"|`(?P<back>[^`]+)`|(?P<plain>[A-Za-z_][A-Za-z0-9_$]*))"""
+    r"""(?:\s+(?P<direction>ASC|DESC))?(?:\s+NULLS\s+(?P<nulls>FIRST|LAST))?\s*""",
+    re.IGNORECASE,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class TextualKey:
+    """One key of ``ORDER BY text("n DESC")``: the output column it names, and how it sorts.
+
+    ``quoted`` names compare exactly, others case-insensitively (as SQL identifiers);
+    ``descending`` and ``nulls_first`` are ``None`` where the text does not say.
+    """
+
+    name: str
+    quoted: bool
+    descending: bool | None
+    nulls_first: bool | None
+
+
+def textual_keys(element: Any) -> list[TextualKey] | None:
+    """The keys of a textual ORDER BY that only names columns (``text("n DESC, city")``).
+
+    ``None`` when ``element`` is not textual; raises CrossShardQueryError when it is
+    but says anything else (an expression, a function, a parameter): the planner cannot
+    know what it computes.
+    """
+    if not isinstance(element, TextClause):
+        return None
+    keys = []
+    for part in element.text.split(","):
+        match = _TEXTUAL_KEY.fullmatch(part)
+        if match is None:
+            from .refusals import refuse
+
+            raise refuse(
+                f"ORDER BY text({element.text!r})",
+                "a textual ORDER BY is merged only when it names columns of the select list "
+                "(with ASC/DESC); order by the expressions themselves instead",
+            )
+        direction, nulls = match["direction"], match["nulls"]
+        keys.append(
+            TextualKey(
+                match["double"] or match["back"] or match["plain"],
+                match["plain"] is None,
+                None if direction is None else direction.upper() == "DESC",
+                None if nulls is None else nulls.upper() == "FIRST",
+            )
+        )
+    return keys

@@ -13,7 +13,15 @@ from ...merge.combine import MergeSort
 from ...merge.keys import SortKey, Transform
 from ...merge.steps import Sort
 from ..draft import Draft
-from ..expressions import contains_aggregate, is_aggregate, order_parts, short, strip
+from ..expressions import (
+    TextualKey,
+    contains_aggregate,
+    is_aggregate,
+    order_parts,
+    short,
+    strip,
+    textual_keys,
+)
 from ..facts import WEIGHT
 from ..merged_expressions import Expressions
 from ..refusals import refuse
@@ -110,6 +118,10 @@ def _sort_keys(
     keys = []
     for clause in clauses:
         expression, descending, nulls_first = order_parts(clause)
+        textual = textual_keys(expression)
+        if textual is not None:
+            keys.extend(_textual_sort_keys(draft, clause, textual, descending, nulls_first))
+            continue
         if nulls_first is None:
             nulls_first = descending if draft.facts.nulls_high else not descending
         index = resolve(expression)
@@ -121,6 +133,35 @@ def _sort_keys(
         else:
             index, transform = columns.comparison(index, "ORDER BY")
         keys.append(SortKey(index, descending, nulls_first, transform, short(expression)))
+    return keys
+
+
+def _textual_sort_keys(
+    draft: Draft,
+    clause: Any,
+    textual: list[TextualKey],
+    descending: bool,
+    nulls_first: bool | None,
+) -> list[SortKey]:
+    """``ORDER BY text("n DESC")``: sorts by the select list's columns the text names."""
+    columns = draft.columns
+    what = f"ORDER BY {short(clause)}"
+    wrapped = descending or nulls_first is not None  # text("n").desc()
+    keys = []
+    for key in textual:
+        if wrapped and (len(textual) > 1 or key.descending is not None or key.nulls_first):
+            raise refuse(what, "its direction is given twice")
+        if key.nulls_first is not None and draft.facts.dialect in ("mysql", "mariadb"):
+            raise refuse(what, "NULLS FIRST / LAST is not SQL on this database")
+        down = descending if key.descending is None else key.descending
+        nulls = nulls_first if key.nulls_first is None else key.nulls_first
+        if nulls is None:
+            nulls = down if draft.facts.nulls_high else not down
+        index = columns.by_output_name(key.name, key.quoted, what)
+        if not isinstance(columns.expression_at(index), ColumnElement):
+            raise refuse(what, "it does not name a column")
+        index, transform = columns.comparison(index, "ORDER BY")
+        keys.append(SortKey(index, down, nulls, transform, key.name))
     return keys
 
 
