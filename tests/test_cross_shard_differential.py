@@ -884,10 +884,6 @@ ISSUE12_LONG_TEXT_KEY = (
     "issue 12: MariaDB text sort keys longer than their declared length sort wrongly "
     "(WEIGHT_STRING(RPAD(x, n)) truncates them)"
 )
-ISSUE12_ALIASED_CORRELATION = (
-    "issue 12: an aggregate subquery correlated on the shard key is refused when it reads an "
-    "aliased() follower (co-located: the same over the model itself is answered)"
-)
 ISSUE12_TEXT_KEY_EXPRESSION = (
     "issue 12: MariaDB text sort keys of expressions sort wrongly (longer than their declared "
     "VARCHAR, or of another collation than their type says)"

@@ -70,7 +70,6 @@ from sqlalchemy.orm import Session, aliased, contains_eager, joinedload, selecti
 from test_cross_shard_differential import (
     ALL_PLACEMENTS,
     BACKENDS,
-    ISSUE12_ALIASED_CORRELATION,
     ISSUE12_LONG_TEXT_KEY,
     ISSUE12_TEXT_KEY_EXPRESSION,
     ISSUE12_TEXT_SQL,
@@ -458,7 +457,6 @@ def _everywhere(family: str, backends: tuple[str, ...] = BACKENDS) -> str:
 # (family, backend, placement) -> why the drawn statements of that family fail today; not
 # strict: each family's draws mix shapes that pass and shapes that fail
 SHOP_FAILING = failing(
-    (ISSUE12_ALIASED_CORRELATION, _everywhere("subquery")),
     (ISSUE12_TEXT_SQL, _everywhere("text")),
     (ISSUE12_TEXT_KEY_EXPRESSION, _everywhere("sort", ("mariadb",))),
 )
@@ -533,7 +531,6 @@ async def shop_answer_async(
 
 SHOP_ASYNC_FAILING = failing(
     (ISSUE12_TEXT_SQL, _everywhere("async")),
-    (ISSUE12_ALIASED_CORRELATION, _everywhere("async")),
 )
 
 

@@ -224,6 +224,10 @@ def test_select_exists_is_true_if_it_is_on_any_shard() -> None:
     assert list(planned.merge([iter([row]) for row in rows])) == [(True,)]
 
 
+_TOP_CITIES = select(City.id).order_by(City.population.desc()).limit(3).subquery("top")
+_TOP_CITIES_CTE = select(City.id).order_by(City.population.desc()).limit(3).cte("top")
+
+
 @pytest.mark.parametrize(
     ("statement", "construct"),
     [
@@ -236,13 +240,27 @@ def test_select_exists_is_true_if_it_is_on_any_shard() -> None:
         (intersect(select(City.id), select(Report.city_id)), "INTERSECT"),
         (except_(select(City.id), select(Report.city_id)), "EXCEPT"),
         (select(City.id).join(Visit, Visit.city_id == City.id), "visits"),
+        # a subquery in an expression, not correlated on the shard key: not co-located
+        # (routing/colocation.py); its aggregate or LIMIT would be computed per shard
         (
             select(City).where(
                 City.population == select(func.max(City.population)).scalar_subquery()
             ),
+            "not correlated on the shard key",
+        ),
+        (
+            select(City.id).where(City.id.in_(select(City.id).limit(3))),
+            "not correlated on the shard key",
+        ),
+        # a subquery in FROM (or a CTE) that aggregates or limits one shard's rows
+        (
+            select(literal_column("n")).select_from(
+                select(func.count(City.id).label("n")).subquery()
+            ),
             "a subquery with an aggregate",
         ),
-        (select(City.id).where(City.id.in_(select(City.id).limit(3))), "LIMIT/OFFSET"),
+        (select(City.id).join(_TOP_CITIES, _TOP_CITIES.c.id == City.id), "LIMIT/OFFSET"),
+        (select(_TOP_CITIES_CTE.c.id), "LIMIT/OFFSET"),
         (select(City.name, func.count()), "outside an aggregate"),
         (select(func.count()).select_from(City).having(func.count() / 2 > 1), "HAVING"),
         (select(City.id).ext(postgresql.distinct_on(City.name)), "DistinctOnClause"),
@@ -777,3 +795,40 @@ def test_a_textual_order_by_of_anything_but_columns_is_refused(order: str) -> No
     for twice, facts in ((desc(text("n DESC")), SQLITE), (text("n NULLS FIRST"), MARIADB)):
         with pytest.raises(CrossShardQueryError):
             plan(statement.order_by(None).order_by(twice), facts)
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    aliased_=st.booleans(),
+    what=st.sampled_from(["count", "sum", "max", "limit", "distinct"]),
+    where=st.sampled_from(["select", "where", "exists"]),
+    on_key=st.booleans(),
+)
+def test_a_subquery_correlated_on_the_shard_key_is_answered_whatever_it_computes(
+    aliased_: bool, what: str, where: str, on_key: bool
+) -> None:
+    """Class H: a subquery of followers correlated to their parent on the shard key reads only
+    the outer row's shard, aliased() or not; it was refused over an alias.  Correlated on
+    anything else, it is refused (co-location is proved, routing/colocation.py)."""
+    reports = aliased(Report, name="r3") if aliased_ else Report
+    correlation = reports.city_id == City.id if on_key else reports.id == City.population
+    if what == "limit":
+        inner = select(reports.temperature).where(correlation).order_by(reports.id).limit(1)
+    elif what == "distinct":
+        inner = select(reports.city_id).where(correlation).distinct()
+    else:
+        inner = select(getattr(func, what)(reports.temperature)).where(correlation)
+    if where == "select":
+        statement = select(City.id, inner.scalar_subquery())
+    elif where == "where":
+        statement = select(City.id).where(City.population > inner.scalar_subquery())
+    else:
+        statement = select(City.id).where(inner.exists())
+    if on_key:
+        planned = plan(statement.order_by(City.id))
+        assert isinstance(planned.combiner, MergeSort)
+        assert "FROM reports" in sql(planned)
+    else:
+        with pytest.raises(CrossShardQueryError) as caught:
+            plan(statement)
+        assert "not correlated on the shard key" in caught.value.construct

@@ -13,6 +13,7 @@ from sqlalchemy.sql.elements import (
     Over,
     WithinGroup,
 )
+from sqlalchemy.sql.selectable import AliasedReturnsRows, Lateral
 
 from .._sqlalchemy import elements, selects
 from ..errors import CrossShardQueryError
@@ -70,8 +71,8 @@ def check_constructs(statement: Any, rules: RuleBook | None) -> None:
             raise refuse(f"window function {name}()", "it is computed per shard")
         if isinstance(element, CompoundSelect) and element is not statement:
             check_compound_keyword(element)
-        if isinstance(element, Select) and element is not statement and rules is not None:
-            _check_subquery(element, rules, outer)
+        if isinstance(element, AliasedReturnsRows) and rules is not None:
+            _check_derived_table(element, rules, outer)
     if rules is not None:
         groups = colocation_groups(tables_of(statement), rules)
         if len(groups) > 1:
@@ -129,7 +130,27 @@ def check_compound_keyword(compound: CompoundSelect[Any]) -> None:
         )
 
 
-def _check_subquery(select: Select[Any], rules: RuleBook, outer: set[Any]) -> None:
+def _check_derived_table(source: AliasedReturnsRows, rules: RuleBook, outer: set[Any]) -> None:
+    """Refuse a subquery in FROM (or a CTE) whose rows per shard are not its part of the whole.
+
+    A subquery in an expression (scalar, ``IN``, ``EXISTS``) is answerable per shard only
+    when correlated on the shard key, which :func:`~..routing.colocation.colocation`
+    proves (then its rows are all on the outer row's shard, whatever it aggregates or
+    limits).  A derived table is a row source of its own: grouped, limited, made
+    distinct or aggregated over one shard's rows, it is partial (unless LATERAL and
+    correlated to a parent on a follower's foreign key).
+    """
+    inner: Any = source.element
+    lateral = isinstance(source, Lateral)
+    for part in inner.selects if isinstance(inner, CompoundSelect) else [inner]:
+        select = part.element if isinstance(part, Grouping) else part
+        if isinstance(select, Select):
+            _check_subquery(select, rules, outer if lateral else set(), correlated=lateral)
+
+
+def _check_subquery(
+    select: Select[Any], rules: RuleBook, outer: set[Any], correlated: bool
+) -> None:
     if not any(rules.for_table(table) is not None for table in tables_of(select)):
         return  # reads no sharded table: the same on every shard
     why = []
@@ -141,7 +162,7 @@ def _check_subquery(select: Select[Any], rules: RuleBook, outer: set[Any]) -> No
         why.append("DISTINCT")
     if any(contains_aggregate(column) for column in selects.raw_columns(select)):
         why.append("an aggregate")
-    if why and not _correlated_colocated(select, rules, outer):
+    if why and not (correlated and _correlated_colocated(select, rules, outer)):
         raise refuse(
             f"a subquery with {' and '.join(why)} ({short(select)})",
             "it would be computed per shard over that shard's rows only",
