@@ -392,10 +392,10 @@ def test_async_session_refuses_pins_and_concatenates_text(seeded: Deployment) ->
                     )
                 )
                 sql = f"SELECT count(*) FROM {plain_reports['asia']}"
-                each = [
-                    seeded.plain_engine(shard).connect().execute(text(sql)).scalar()
-                    for shard in SHARDS
-                ]
+                each = []
+                for shard in SHARDS:
+                    with seeded.plain_engine(shard).connect() as plain:
+                        each.append(plain.execute(text(sql)).scalar())
                 assert sorted(row[0] for row in concatenated) == sorted(each)
         finally:
             await shard_map.dispose_async()
