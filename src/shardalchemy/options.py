@@ -25,9 +25,14 @@ class set_shard_id(horizontal_shard.set_shard_id):
     shard name raises :class:`~shardalchemy.UnknownShardError` when the
     statement runs.  SQLAlchemy's own ``set_shard_id`` works too.
 
-    Example::
+    Example:
 
-        session.scalars(select(WeatherLocation).options(set_shard_id("asia")))
+    >>> session.scalars(select(City.name).options(set_shard_id("asia"))).all()
+    ['Tokyo']
+    >>> session.scalars(select(City.name).options(set_shard_id("mars"))).all()
+    Traceback (most recent call last):
+    ...
+    shardalchemy.errors.UnknownShardError: unknown shard 'mars' in set_shard_id('mars'); ...
     """
 
     __slots__ = ()
@@ -40,9 +45,19 @@ def assign_shard(instance: Any, shard: str) -> None:
     own in the ``database`` and ``schema`` placements).  For a sharded model the
     shard must agree with the one its shard key selects.
 
-    Example::
+    Example:
 
-        assign_shard(setting, "europe"); session.add(setting)
+    >>> paris = City(id=70, continent="Europe", name="Paris")
+    >>> assign_shard(paris, "europe")
+    >>> session.add(paris)
+    >>> session.flush()  # stored on europe, as its shard key says too
+    >>> rome = City(id=71, continent="Europe", name="Rome")
+    >>> assign_shard(rome, "asia")
+    >>> session.add(rome)
+    >>> session.flush()
+    Traceback (most recent call last):
+    ...
+    shardalchemy.errors.RoutingError: City was assigned to shard 'asia' but its shard key selects ...
     """
     state = inspect(instance)
     if state.key is not None:

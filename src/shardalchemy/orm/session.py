@@ -272,11 +272,13 @@ class ShardedSession(sessions.SessionHooks):
     def recording_routes(self) -> Iterator[list[Route]]:
         """Record the route of every statement and flushed object inside the block.
 
-        Example::
+        Example:
 
-            with session.recording_routes() as routes:
-                session.scalars(select(WeatherLocation).where(...)).all()
-            for route in routes: print(route.statement, route.shards, route.reason)
+        >>> with session.recording_routes() as routes:
+        ...     session.scalars(select(City).where(City.continent == "Europe")).all()
+        [City('London'), City('Dublin')]
+        >>> [(route.statement, route.shards, route.reason) for route in routes]
+        [('SELECT cities', ('europe',), "City.continent = 'Europe' -> europe")]
         """
         outer = self._route_log
         log: list[Route] = []
@@ -300,13 +302,20 @@ class ShardedSession(sessions.SessionHooks):
         Returns a :class:`~shardalchemy.Route` whose ``explanation`` is the
         reason tree: which predicate allowed which shards.
 
-        Example::
+        Example:
 
-            route = session.explain(select(City).where(City.continent.in_(["Asia", "Europe"])))
-            print(route.shards)        # ('asia', 'europe')
-            print(route.explanation)   # City.continent IN ('Asia', 'Europe') -> asia, europe
-            print(route.plan)          # how the two shards' rows are merged
-            print(route.plan_error)    # or why they cannot be merged exactly
+        >>> statement = select(City.name).where(City.continent.in_(["Asia", "Europe"]))
+        >>> route = session.explain(statement.order_by(City.name).limit(2))
+        >>> route.shards
+        ('asia', 'europe')
+        >>> print(route.explanation)
+        City.continent IN ('Asia', 'Europe') -> asia, europe
+        >>> print(route.plan)  # how the two shards' rows are merged
+        Limit 2 offset 0
+        └── MergeSort cities.name ASC NULLS FIRST
+            └── each shard: SELECT ... LIMIT 2
+        >>> route.plan_error is None  # else: why they cannot be merged exactly
+        True
 
         A SELECT on several shards also gets its ``plan`` (the per-shard
         statement and the merge steps); planning asks the first shard's

@@ -23,9 +23,13 @@ class DatabaseFacts:
     ``default_collation`` the database's default text collation (lower case),
     ``None`` for SQLite's BINARY.
 
-    Example::
+    Example:
 
-        DatabaseFacts("postgresql", nulls_high=True, default_collation="c.utf-8")
+    >>> facts = DatabaseFacts("postgresql", nulls_high=True, default_collation="c.utf-8")
+    >>> facts.text_transform(None) is as_is  # C.UTF-8 orders text by code point
+    True
+    >>> facts.text_transform("en_US.utf8") is None  # not reproducible in Python: refused
+    True
     """
 
     dialect: str

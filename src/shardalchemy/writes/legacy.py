@@ -4,12 +4,14 @@ New objects go where their shard key (or parent) says, persistent ones to the
 shard they were loaded from; rows are grouped per shard and written through
 SQLAlchemy's own bulk persistence, all or nothing across shards.
 
-Example::
+Example:
 
-    session.bulk_insert_mappings(WeatherLocation, [
-        {"continent": "Asia", "city": "Tokyo"},      # -> shard asia
-        {"continent": "Europe", "city": "London"},   # -> shard europe
-    ])
+>>> session.bulk_insert_mappings(City, [
+...     {"id": 50, "continent": "Asia", "name": "Osaka"},      # -> shard asia
+...     {"id": 51, "continent": "Europe", "name": "Paris"},    # -> shard europe
+... ])
+>>> session.scalars(select(City.name).where(City.id >= 50).order_by(City.id)).all()
+['Osaka', 'Paris']
 """
 
 from __future__ import annotations

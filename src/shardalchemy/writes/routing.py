@@ -178,9 +178,11 @@ class ParentShards:
     objects too, with ``pending=True``) or looked up on the shards, once per
     distinct key.  Raises :class:`MissingParentError` when there is no parent.
 
-    Example::
+    Example (a report's shard is its city's, looked up once by the city's id):
 
-        ParentShards(session, session.rule_of(Task)).shard_of((tenant_id,))   # "b"
+    >>> parents = ParentShards(session, session.rule_of(Report.__mapper__))
+    >>> parents.shard_of((2,))  # London's reports
+    'europe'
     """
 
     def __init__(self, session: WritingSession, rule: FollowRule, *, pending: bool = False) -> None:

@@ -19,12 +19,15 @@ names the caller's index of the row (for a refused row found by bisecting that
 shard's batch), the shard and the reason.  Shards are written one after another
 unless the execution option ``bulk_concurrency`` allows several at once.
 
-Example::
+Example:
 
-    session.execute(insert(WeatherLocation), [
-        {"continent": "Asia", "city": "Tokyo"},      # -> shard asia
-        {"continent": "Europe", "city": "London"},   # -> shard europe
-    ])
+>>> with session.recording_routes() as routes:
+...     _ = session.execute(insert(City), [
+...         {"id": 60, "continent": "Asia", "name": "Kyoto"},      # -> shard asia
+...         {"id": 61, "continent": "Europe", "name": "Lyon"},     # -> shard europe
+...     ])
+>>> routes[0].reason
+'rows routed one by one (asia 1, europe 1)'
 """
 
 from __future__ import annotations
