@@ -4,8 +4,8 @@ What each form returns was checked on the real servers (the module docstring say
 ``test_canonical_keys.py`` checks it again against them); these tests pin the forms down,
 and check with hypothesis the properties the rest of the library relies on:
 
-- a canonical form is a fixed point: canonicalizing it again gives it back (so the rule's
-  strategy, the Lookup keys and a value read back all agree);
+- a canonical form is a fixed point: looking it up gives it back (so the rule's strategy,
+  the Lookup keys and a value read back all agree);
 - where both accept a value, the stored form and the compared form agree;
 - the fast path and ``route()`` agree on values that need canonicalizing.
 """
@@ -202,46 +202,49 @@ def test_datetimes() -> None:
     assert stored(aware, "sqlite", moment.replace(tzinfo=PLUS_TWO)) == moment
 
 
+T = datetime.datetime
+
+
 @pytest.mark.parametrize(
-    ("precision", "given", "expected"),
+    ("precision", "written", "expected"),
     [  # what PostgreSQL 15 stored for each
-        (0, datetime.datetime(2024, 1, 2, 3, 4, 5, 500000), datetime.datetime(2024, 1, 2, 3, 4, 6)),
-        (0, datetime.datetime(2024, 1, 2, 3, 4, 5, 499999), datetime.datetime(2024, 1, 2, 3, 4, 5)),
-        (0, datetime.datetime(1999, 12, 31, 23, 59, 59, 500000), datetime.datetime(1999, 12, 31, 23, 59, 59)),
-        (0, datetime.datetime(1970, 1, 1, 0, 0, 0, 500000), datetime.datetime(1970, 1, 1)),
-        (3, datetime.datetime(2024, 1, 2, 3, 4, 5, 123500), datetime.datetime(2024, 1, 2, 3, 4, 5, 124000)),
-        (3, datetime.datetime(2024, 1, 2, 3, 4, 5, 124500), datetime.datetime(2024, 1, 2, 3, 4, 5, 125000)),
-        (3, datetime.datetime(1999, 1, 2, 3, 4, 5, 123500), datetime.datetime(1999, 1, 2, 3, 4, 5, 123000)),
+        (0, T(2024, 1, 2, 3, 4, 5, 500000), T(2024, 1, 2, 3, 4, 6)),
+        (0, T(2024, 1, 2, 3, 4, 5, 499999), T(2024, 1, 2, 3, 4, 5)),
+        (0, T(1999, 12, 31, 23, 59, 59, 500000), T(1999, 12, 31, 23, 59, 59)),
+        (0, T(1970, 1, 1, 0, 0, 0, 500000), T(1970, 1, 1)),
+        (3, T(2024, 1, 2, 3, 4, 5, 123500), T(2024, 1, 2, 3, 4, 5, 124000)),
+        (3, T(2024, 1, 2, 3, 4, 5, 124500), T(2024, 1, 2, 3, 4, 5, 125000)),
+        (3, T(1999, 1, 2, 3, 4, 5, 123500), T(1999, 1, 2, 3, 4, 5, 123000)),
     ],
-)  # fmt: skip
+)
 def test_postgresql_timestamp_precision_rounds_half_away_from_2000(
-    precision: int, given: datetime.datetime, expected: datetime.datetime
+    precision: int, written: datetime.datetime, expected: datetime.datetime
 ) -> None:
-    assert stored(postgresql.TIMESTAMP(precision=precision), "postgresql", given) == expected
+    assert stored(postgresql.TIMESTAMP(precision=precision), "postgresql", written) == expected
 
 
 def test_uuids() -> None:
     value = uuid.UUID("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11")
     for dialect in ("postgresql", "mariadb"):
-        for given in (value, str(value), value.hex, value.hex.upper()):
-            assert stored(sa.Uuid(), dialect, given) == value
+        for spelling in (value, str(value), value.hex, value.hex.upper()):
+            assert stored(sa.Uuid(), dialect, spelling) == value
     with pytest.raises(ShardKeyError, match=r"uuid\.UUID"):
         stored(sa.Uuid(), "sqlite", str(value))  # SQLAlchemy would call str.hex
     assert compared(sa.Uuid(), "sqlite", str(value)) == value
     with pytest.raises(ShardKeyError, match="takes str"):
         stored(sa.Uuid(as_uuid=False), "sqlite", value)
-    for given in ("not a uuid", f"{{{value}}}", 7):
+    for spelling in ("not a uuid", f"{{{value}}}", 7):
         with pytest.raises(ShardKeyError):
-            stored(sa.Uuid(), "postgresql", given)
+            stored(sa.Uuid(), "postgresql", spelling)
 
 
 def test_enums_booleans_floats_binary() -> None:
     for dialect in DIALECTS:
         assert stored(sa.Enum(Color), dialect, Color.red) == "red"
         assert stored(sa.Enum(Color), dialect, "red") == "red"
-        for given in ("R", "RED", "red "):
+        for spelling in ("R", "RED", "red "):
             with pytest.raises(ShardKeyError):
-                stored(sa.Enum(Color), dialect, given)
+                stored(sa.Enum(Color), dialect, spelling)
         assert stored(sa.Boolean(), dialect, 1) is True
         with pytest.raises(ShardKeyError):
             stored(sa.Boolean(), dialect, "1")
@@ -354,10 +357,11 @@ def test_canonical_forms_are_fixed_points_and_the_two_forms_agree(
         return  # utf8mb4_bin is a MariaDB collation
     form = canonical_form(column_type, dialect, model="M", attribute="k")
     written, looked_up = _try(form.stored, value), _try(form.compared, value)
-    if written[0] == "ok":  # what a row holds is looked up, and written again, as itself
+    if written[0] == "ok":  # what a row holds (a Lookup key, a value read back) is looked up
         hash(written[1])  # a shard key is hashed
         assert form.compared(written[1]) == written[1], (value, written)
-        assert form.stored(written[1]) == written[1], (value, written)
+        # written again, it is itself (or refused for its Python type: SQLite's Uuid, Date)
+        assert _try(form.stored, written[1]) in (written, ("refused",)), (value, written)
     if looked_up[0] == "ok":
         hash(looked_up[1])
         assert form.compared(looked_up[1]) == looked_up[1], (value, looked_up)
