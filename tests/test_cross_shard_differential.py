@@ -880,14 +880,6 @@ def core_cases(family: str, backend: str, factor: int = 1) -> list[Spec]:
 # -- issue 12's classes of wrong answers, as the xfail markers name them -----------------------
 
 ISSUE12_TEXT_SQL = "issue 12: textual SQL on several shards is neither refused nor merged"
-ISSUE12_LONG_TEXT_KEY = (
-    "issue 12: MariaDB text sort keys longer than their declared length sort wrongly "
-    "(WEIGHT_STRING(RPAD(x, n)) truncates them)"
-)
-ISSUE12_TEXT_KEY_EXPRESSION = (
-    "issue 12: MariaDB text sort keys of expressions sort wrongly (longer than their declared "
-    "VARCHAR, or of another collation than their type says)"
-)
 
 
 def failing(*entries: tuple[str, str]) -> dict[tuple[str, ...], str]:

@@ -70,8 +70,6 @@ from sqlalchemy.orm import Session, aliased, contains_eager, joinedload, selecti
 from test_cross_shard_differential import (
     ALL_PLACEMENTS,
     BACKENDS,
-    ISSUE12_LONG_TEXT_KEY,
-    ISSUE12_TEXT_KEY_EXPRESSION,
     ISSUE12_TEXT_SQL,
     PLACEMENTS,
     SHARED_DATABASES,
@@ -458,7 +456,6 @@ def _everywhere(family: str, backends: tuple[str, ...] = BACKENDS) -> str:
 # strict: each family's draws mix shapes that pass and shapes that fail
 SHOP_FAILING = failing(
     (ISSUE12_TEXT_SQL, _everywhere("text")),
-    (ISSUE12_TEXT_KEY_EXPRESSION, _everywhere("sort", ("mariadb",))),
 )
 
 
@@ -880,9 +877,7 @@ ISSUE12_EXAMPLES: dict[str, Example] = {
 
 # example -> (why it fails today, on which backends); strict: a fixed one turns red, and its
 # entry is to be removed (the examples run in each backend's own placement, PLACEMENTS)
-ISSUE12_FAILING_EXAMPLES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "text sort key longer than its VARCHAR": (ISSUE12_LONG_TEXT_KEY, ("mariadb",)),
-}
+ISSUE12_FAILING_EXAMPLES: dict[str, tuple[str, tuple[str, ...]]] = {}  # none today
 ISSUE12_FAILING = {
     (name, backend, PLACEMENTS[backend]): reason
     for name, (reason, backends) in ISSUE12_FAILING_EXAMPLES.items()

@@ -17,6 +17,7 @@ from sqlalchemy import (
     String,
     Table,
     bindparam,
+    cast,
     create_engine,
     desc,
     distinct,
@@ -24,6 +25,7 @@ from sqlalchemy import (
     exists,
     func,
     intersect,
+    literal,
     literal_column,
     select,
     text,
@@ -42,7 +44,17 @@ from sqlalchemy.orm import (
 
 from shardalchemy import CrossShardQueryError, FollowParent, Hash, ShardKey
 from shardalchemy._sqlalchemy import results as results_api
-from shardalchemy.merge import Aggregate, Concatenate, Distinct, Filter, Limit, MergeSort, Sort
+from shardalchemy.merge import (
+    Aggregate,
+    Concatenate,
+    Distinct,
+    Filter,
+    Limit,
+    MergeSort,
+    Sort,
+    as_is,
+    pad_space,
+)
 from shardalchemy.planning import WEIGHT, DatabaseFacts, Plan, plan_select
 from shardalchemy.sharding.rules import RuleBook
 
@@ -832,3 +844,58 @@ def test_a_subquery_correlated_on_the_shard_key_is_answered_whatever_it_computes
         with pytest.raises(CrossShardQueryError) as caught:
             plan(statement)
         assert "not correlated on the shard key" in caught.value.construct
+
+
+_TEXT_PARTS: dict[str, tuple[Any, int | None]] = {
+    # part -> (expression, its longest value; None: of a NO PAD/binary collation)
+    "name": (City.name, 50),
+    "code": (City.code, 10),  # utf8mb4_bin: binary order, PAD SPACE
+    "slash": (literal("/"), 1),
+    "id as text": (cast(City.id, String(12)), 12),
+    "lower(name)": (func.lower(City.name, type_=String(50)), 50),
+    "code collated binary": (City.code.collate("binary"), None),
+}
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    parts=st.lists(st.sampled_from(sorted(_TEXT_PARTS)), min_size=2, max_size=3),
+    cast_to=st.none() | st.integers(min_value=1, max_value=40),
+    descending=st.booleans(),
+)
+def test_mariadb_text_expressions_sort_by_their_own_weight_strings_at_their_full_length(
+    parts: list[str], cast_to: int | None, descending: bool
+) -> None:
+    """Class G: an expression of text on MariaDB sorts by WEIGHT_STRING(RPAD(x, n)) with ``n``
+    its longest value (it was its type's declared length, which a concatenation exceeds),
+    under the collation MariaDB derives for it (a CAST takes the connection's, a mix of
+    a case-insensitive and a _bin column is _bin): never guessed from a column's type.
+    With binary or NO PAD text in it, padding would change the order: refused."""
+    expression = _TEXT_PARTS[parts[0]][0]
+    for part in parts[1:]:
+        expression = expression + _TEXT_PARTS[part][0]
+    lengths = [_TEXT_PARTS[part][1] for part in parts]
+    if cast_to is not None:
+        expression = cast(expression, String(cast_to))
+    statement = select(City.id).order_by(expression.desc() if descending else expression)
+    if None in lengths:
+        with pytest.raises(CrossShardQueryError) as caught:
+            plan(statement, MARIADB)
+        assert "binary or NO PAD" in str(caught.value)
+        return
+    planned = plan(statement, MARIADB)
+    longest = cast_to if cast_to is not None else sum(length or 0 for length in lengths)
+    key = planned.combiner.keys[0]
+    assert key.transform is as_is and key.descending is descending  # bytes of the weights
+    weight = planned.statement.selected_columns[key.index]
+    assert weight.name.startswith("_shardalchemy_weight")
+    rendered = str(weight.element.compile(compile_kwargs={"literal_binds": True}))
+    assert rendered.startswith("weight_string(rpad(") and rendered.endswith(f", {longest}, ' '))")
+
+
+def test_mariadb_text_columns_keep_the_collation_of_their_type() -> None:
+    # a column's own collation is known: compared in Python where it can be
+    planned = plan(select(City.id).order_by(City.code), MARIADB)
+    assert planned.combiner.keys[0].transform is pad_space
+    planned = plan(select(City.id).order_by(City.name.collate("utf8mb4_bin")), MARIADB)
+    assert planned.combiner.keys[0].transform is pad_space

@@ -12,12 +12,29 @@ import itertools
 from typing import Any
 
 from sqlalchemy import literal
-from sqlalchemy.sql import sqltypes
-from sqlalchemy.sql.elements import ColumnClause, ColumnElement, Label
+from sqlalchemy.sql import operators, sqltypes, visitors
+from sqlalchemy.sql.elements import (
+    BinaryExpression,
+    BindParameter,
+    Cast,
+    ColumnClause,
+    ColumnElement,
+    ExpressionClauseList,
+    Label,
+)
 
 from .._sqlalchemy import elements
 from ..merge.keys import Transform, as_is
-from .expressions import explicit_collation, same_expression, short, strip, text_like, type_of
+from .expressions import (
+    arguments_of,
+    explicit_collation,
+    function_name,
+    same_expression,
+    short,
+    strip,
+    text_like,
+    type_of,
+)
 from .facts import WEIGHT, DatabaseFacts
 from .refusals import refuse
 
@@ -123,6 +140,8 @@ class Columns:
             raise refuse(f"{what} {short(expression)}", "JSON values have no portable order")
         if not text_like(expression):
             return as_is
+        if self.facts.dialect in ("mysql", "mariadb") and not _collation_is_known(expression):
+            return self._weighed(expression, what)
         collation = explicit_collation(expression)
         transform = self.facts.text_transform(collation)
         if transform is None:
@@ -135,6 +154,32 @@ class Columns:
             )
         return transform
 
+    def _weighed(self, expression: Any, what: str) -> Transform:
+        """MariaDB text whose collation is not its type's: compared by its WEIGHT_STRING().
+
+        An expression's collation follows MariaDB's coercibility rules (a concatenation
+        of a case-insensitive and a ``_bin`` column is binary; a CAST takes the
+        connection's collation), so it is not guessed: the database's own sort keys
+        compare it.  Padded to its length, as PAD SPACE collations compare, which is
+        not how ``binary`` or NO PAD collations compare: with one of those among its
+        text it is refused.
+        """
+        for inner in [expression, *visitors.iterate(expression)]:
+            if isinstance(inner, BinaryExpression) and inner.operator is operators.collate:
+                collation = str(getattr(inner.right, "collation", "")) or None
+            elif isinstance(inner, ColumnClause) and text_like(inner):
+                collation = getattr(inner.type, "collation", None)
+            else:
+                continue
+            if self.facts.text_transform(collation) is as_is:
+                raise refuse(
+                    f"{what} {short(expression)}",
+                    "text of a binary or NO PAD collation in an expression whose collation "
+                    "MariaDB derives; sort by a column, or give the expression a collation "
+                    "(.collate(...))",
+                )
+        return WEIGHT
+
     def comparison(self, index: int, what: str) -> tuple[int, Transform]:
         """Where to read the comparison form of the column at ``index``, and how to apply it.
 
@@ -146,14 +191,69 @@ class Columns:
         transform = self.transform(expression, what)
         if transform is not WEIGHT:
             return index, transform
-        length = getattr(type_of(expression), "length", None)
+        length = text_length(expression)
         if not length:
             raise refuse(
                 f"{what} {short(expression)}",
-                "text of no declared length under a collation that is not binary; give the "
-                "column a length (String(n)) or a binary collation",
+                "text of no declared length (or an expression of text whose length is not "
+                "known) under a collation that is not binary; give the column a length "
+                "(String(n)), cast the expression to String(n), or use a binary collation",
             )
         # padded to its length, as the collation compares (PAD SPACE): 'a' = 'a '
         padded = elements.function("rpad", expression, length, literal(" "))
         weight = elements.function("weight_string", padded)
         return self.hidden_index(weight, "weight"), as_is
+
+
+def _collation_is_known(expression: Any) -> bool:
+    """Whether ``expression``'s collation is what its type says: a column, or ``COLLATE``."""
+    inner = strip(expression)
+    if isinstance(inner, BinaryExpression) and inner.operator is operators.collate:
+        return True
+    return isinstance(inner, ColumnClause) and not getattr(inner, "is_literal", False)
+
+
+# functions whose text result is no longer than their first argument
+_NO_LONGER = frozenset({"lower", "upper", "lcase", "ucase", "trim", "ltrim", "rtrim", "substr",
+                        "substring", "left", "right", "min", "max"})  # fmt: skip
+
+
+def text_length(expression: Any) -> int | None:
+    """The most characters a text expression can hold, or ``None`` when it is not known.
+
+    A column or a ``CAST`` to ``String(n)``: ``n`` (MariaDB truncates to it); a
+    concatenation: its parts' together; a literal: its own; ``lower(x)`` and the
+    like: ``x``'s; ``coalesce``: its longest argument's.  The declared length of an
+    expression's type is not a bound (``region + "/" + id`` has ``region``'s type).
+    """
+    inner = strip(expression)
+    if isinstance(inner, BindParameter):
+        value = inner.effective_value  # None: given at execute time, of no known length
+        return len(str(value)) if value is not None else None
+    if isinstance(inner, ColumnClause | Cast):
+        length = getattr(inner.type, "length", None)
+        return int(length) if length else None
+    if isinstance(inner, BinaryExpression) and inner.operator in (
+        operators.concat_op,  # (an untyped a + b is arithmetic: of no text length)
+        operators.collate,
+    ):
+        if inner.operator is operators.collate:
+            return text_length(inner.left)
+        left, right = text_length(inner.left), text_length(inner.right)
+        return None if left is None or right is None else left + right
+    if isinstance(inner, ExpressionClauseList) and inner.operator is operators.concat_op:
+        lengths = [text_length(part) for part in inner.clauses]  # a || b || c, flattened
+        return None if None in lengths else sum(length or 0 for length in lengths)
+    name = function_name(inner)
+    if name is None:
+        return None
+    arguments = arguments_of(inner)
+    if name in _NO_LONGER and arguments:
+        return text_length(arguments[0])
+    if name in ("coalesce", "ifnull", "nullif", "greatest", "least") and arguments:
+        lengths = [text_length(argument) for argument in arguments]
+        return None if None in lengths else max(length or 0 for length in lengths)
+    if name == "concat" and arguments:
+        lengths = [text_length(argument) for argument in arguments]
+        return None if None in lengths else sum(length or 0 for length in lengths)
+    return None

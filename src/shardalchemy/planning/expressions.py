@@ -85,6 +85,9 @@ def function_name(element: Any) -> str | None:
 
 
 def arguments_of(function: Any) -> list[Any]:
+    """A function call's arguments (``[]`` for anything else: ``a || b || c`` has clauses too)."""
+    if not isinstance(function, FunctionElement):
+        return []
     return list(function.clauses.clauses) if getattr(function, "clauses", None) is not None else []
 
 
