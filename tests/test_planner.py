@@ -899,3 +899,14 @@ def test_mariadb_text_columns_keep_the_collation_of_their_type() -> None:
     assert planned.combiner.keys[0].transform is pad_space
     planned = plan(select(City.id).order_by(City.name.collate("utf8mb4_bin")), MARIADB)
     assert planned.combiner.keys[0].transform is pad_space
+
+
+@pytest.mark.parametrize("collation", ["utf8mb4_nopad_general_ci", "utf8mb4_0900_ai_ci"])
+def test_mariadb_text_of_a_no_pad_collation_is_refused_not_padded(collation: str) -> None:
+    """WEIGHT_STRING(RPAD(x, n)) makes 'a' and 'a ' equal, which NO PAD collations keep apart."""
+    for key in (City.name.collate(collation), City.name.collate(collation) + City.code):
+        with pytest.raises(CrossShardQueryError):
+            plan(select(City.id).order_by(key), MARIADB)
+    no_pad = DatabaseFacts("mariadb", nulls_high=False, default_collation=collation)
+    with pytest.raises(CrossShardQueryError, match="NO PAD"):
+        plan(select(City.id).order_by(City.name), no_pad)

@@ -171,7 +171,7 @@ class Columns:
                 collation = getattr(inner.type, "collation", None)
             else:
                 continue
-            if self.facts.text_transform(collation) is as_is:
+            if not self._pads_space(collation):
                 raise refuse(
                     f"{what} {short(expression)}",
                     "text of a binary or NO PAD collation in an expression whose collation "
@@ -179,6 +179,13 @@ class Columns:
                     "(.collate(...))",
                 )
         return WEIGHT
+
+    def _pads_space(self, collation: str | None) -> bool:
+        """Whether MariaDB compares text of ``collation`` (None: the default) as PAD SPACE."""
+        name = (collation or self.facts.default_collation or "").lower()
+        transform = self.facts.text_transform(collation)
+        # binary and NO PAD collations count trailing spaces (MySQL 8's _0900_ are NO PAD)
+        return transform is not as_is and "nopad" not in name and "_0900_" not in name
 
     def comparison(self, index: int, what: str) -> tuple[int, Transform]:
         """Where to read the comparison form of the column at ``index``, and how to apply it.
@@ -191,6 +198,13 @@ class Columns:
         transform = self.transform(expression, what)
         if transform is not WEIGHT:
             return index, transform
+        if _collation_is_known(expression) and not self._pads_space(explicit_collation(expression)):
+            raise refuse(
+                f"{what} {short(expression)}",
+                "text of a NO PAD collation compared by WEIGHT_STRING would need its own "
+                "length, which padding loses; use a binary collation (e.g. "
+                ".collate('utf8mb4_bin'))",
+            )
         length = text_length(expression)
         if not length:
             raise refuse(
