@@ -879,7 +879,6 @@ def core_cases(family: str, backend: str, factor: int = 1) -> list[Spec]:
 
 # -- issue 12's classes of wrong answers, as the xfail markers name them -----------------------
 
-ISSUE12_TEXT_SQL = "issue 12: textual SQL on several shards is neither refused nor merged"
 
 
 def failing(*entries: tuple[str, str]) -> dict[tuple[str, ...], str]:

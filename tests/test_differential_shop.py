@@ -70,7 +70,6 @@ from sqlalchemy.orm import Session, aliased, contains_eager, joinedload, selecti
 from test_cross_shard_differential import (
     ALL_PLACEMENTS,
     BACKENDS,
-    ISSUE12_TEXT_SQL,
     PLACEMENTS,
     SHARED_DATABASES,
     CrossShardQueryError,
@@ -454,9 +453,7 @@ def _everywhere(family: str, backends: tuple[str, ...] = BACKENDS) -> str:
 
 # (family, backend, placement) -> why the drawn statements of that family fail today; not
 # strict: each family's draws mix shapes that pass and shapes that fail
-SHOP_FAILING = failing(
-    (ISSUE12_TEXT_SQL, _everywhere("text")),
-)
+SHOP_FAILING = failing()
 
 
 @functools.cache
@@ -526,9 +523,7 @@ async def shop_answer_async(
     return normalized_rows(world, spec, raw, tokens), tokens.wrong
 
 
-SHOP_ASYNC_FAILING = failing(
-    (ISSUE12_TEXT_SQL, _everywhere("async")),
-)
+SHOP_ASYNC_FAILING = failing()
 
 
 @world_params(("async",), SHOP_ASYNC_FAILING, strict=False)

@@ -1,4 +1,4 @@
-"""The public API is flat: one sorted ``__all__`` in ``shardalchemy/__init__.py`` (as httpx does)."""
+"""The public API is flat: one sorted ``__all__`` in ``shardalchemy/__init__.py``, as httpx has."""
 
 from __future__ import annotations
 

@@ -33,9 +33,17 @@ def textual_part(statement: Any) -> str | None:
     "table('tasks')"
     >>> textual_part(select(column("id")).where(text("id > 1"))) is None
     True
+    >>> textual_part(select(City).from_statement(text("SELECT * FROM cities")))
+    'from_statement(text())'
     """
     if isinstance(statement, TextClause):
         return "text()"
+    # select(Entity).from_statement(text(...)): the ORM's FromStatement wraps the text
+    wrapped = getattr(statement, "element", None)
+    if isinstance(wrapped, TextClause):
+        return "from_statement(text())"
+    if isinstance(wrapped, TextualSelect):
+        return "from_statement(text().columns())"
     for element in visitors.iterate(statement):
         if isinstance(element, TextualSelect):
             return "text().columns()"
