@@ -880,7 +880,6 @@ def core_cases(family: str, backend: str, factor: int = 1) -> list[Spec]:
 # -- issue 12's classes of wrong answers, as the xfail markers name them -----------------------
 
 
-
 def failing(*entries: tuple[str, str]) -> dict[tuple[str, ...], str]:
     """``{key: reasons}`` from ``(reason, "a/b/c d/e/f ...")`` entries (keys split at "/");
     a key named by several entries gets their reasons joined."""
