@@ -243,6 +243,21 @@ class ShardTimeoutError(ShardQueryError):
     """A shard did not answer within the statement's ``shard_timeout``."""
 
 
+def cross_shard_refusal(construct: str, why: str) -> CrossShardQueryError:
+    """The error for a construct that cannot be answered exactly across shards.
+
+    >>> print(cross_shard_refusal("FOR UPDATE", "locks are per shard"))  # doctest: +ELLIPSIS
+    FOR UPDATE cannot be answered exactly across shards: locks are per shard. Pin the ...
+    """
+    return CrossShardQueryError(
+        f"{construct} cannot be answered exactly across shards: {why}. Pin the statement to "
+        "one shard (a shard-key predicate or set_shard_id(...)), rewrite it, or ask for "
+        "SQLAlchemy's concatenated per-shard results with "
+        ".execution_options(cross_shard='concatenate')",
+        construct=construct,
+    )
+
+
 def about_row(error: ShardingError, index: int, label: str) -> ShardingError:
     """``error``, told that it concerns row ``index`` of the statement ``label``.
 

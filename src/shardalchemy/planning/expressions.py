@@ -23,6 +23,7 @@ from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.sql.selectable import FromClause, ScalarSelect, SelectBase
 
 from .._sqlalchemy import elements
+from ..errors import cross_shard_refusal
 from .plan import sql_text
 
 # aggregates the planner merges; others it refuses (it cannot know every
@@ -238,9 +239,7 @@ def textual_keys(element: Any) -> list[TextualKey] | None:
     for part in element.text.split(","):
         match = _TEXTUAL_KEY.fullmatch(part)
         if match is None:
-            from .refusals import refuse
-
-            raise refuse(
+            raise cross_shard_refusal(
                 f"ORDER BY text({element.text!r})",
                 "a textual ORDER BY is merged only when it names columns of the select list "
                 "(with ASC/DESC); order by the expressions themselves instead",

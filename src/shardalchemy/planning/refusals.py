@@ -16,7 +16,7 @@ from sqlalchemy.sql.elements import (
 from sqlalchemy.sql.selectable import AliasedReturnsRows, Lateral
 
 from .._sqlalchemy import elements, selects
-from ..errors import CrossShardQueryError
+from ..errors import cross_shard_refusal
 from ..routing.colocation import colocation
 from ..routing.tables import colocation_groups, tables_of
 from ..sharding.rules import FollowRule, RuleBook
@@ -29,16 +29,8 @@ from .expressions import (
     short,
 )
 
-
-def refuse(construct: str, why: str) -> CrossShardQueryError:
-    """The error for a construct that cannot be answered exactly across shards."""
-    return CrossShardQueryError(
-        f"{construct} cannot be answered exactly across shards: {why}. Pin the statement to "
-        "one shard (a shard-key predicate or set_shard_id(...)), rewrite it, or ask for "
-        "SQLAlchemy's concatenated per-shard results with "
-        ".execution_options(cross_shard='concatenate')",
-        construct=construct,
-    )
+refuse = cross_shard_refusal
+"""The error for a construct that cannot be answered exactly across shards."""
 
 
 def check_constructs(statement: Any, rules: RuleBook | None) -> None:
