@@ -331,3 +331,29 @@ def deployed(
         yield deployment
     finally:
         deployment.close()
+
+
+# -- the same deployment through an async driver ------------------------------------------------
+
+ASYNC_DRIVERS = {
+    "sqlite": "sqlite+aiosqlite",
+    "postgresql": "postgresql+asyncpg",
+    "mysql": "mysql+aiomysql",
+}
+
+
+def async_url(url: URL) -> URL:
+    """``url`` with the async driver of its backend."""
+    return url.set(drivername=ASYNC_DRIVERS[url.get_backend_name()])
+
+
+def async_shard_map(deployment: Deployment) -> ShardMap:
+    """The same shards as ``deployment``'s shard map, through an async driver."""
+    if deployment.placement == "database":
+        return ShardMap.databases(
+            {shard: async_url(deployment.shard_urls[shard]) for shard in SHARDS}
+        )
+    if deployment.placement == "schema":
+        assert deployment.schema_names is not None
+        return ShardMap.schemas(async_url(deployment.url), deployment.schema_names)
+    return ShardMap.tables(async_url(deployment.url), SHARDS)

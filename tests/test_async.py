@@ -21,11 +21,11 @@ from models_weather import (
     DeploymentPool,
     Report,
     WeatherLocation,
+    async_shard_map,
     deployed,
     new_cities,
 )
 from sqlalchemy import insert, inspect, select
-from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import selectinload
 
@@ -38,12 +38,6 @@ from shardalchemy import (
     UnknownShardKeyError,
     set_shard_id,
 )
-
-ASYNC_DRIVERS = {
-    "sqlite": "sqlite+aiosqlite",
-    "postgresql": "postgresql+asyncpg",
-    "mysql": "mysql+aiomysql",
-}
 
 COMBOS = [
     *(pytest.param("sqlite", placement, id=f"sqlite-{placement}") for placement in PLACEMENTS),
@@ -59,22 +53,6 @@ COMBOS = [
 over_async_backends = pytest.mark.parametrize(
     ("backend", "placement"), COMBOS, indirect=["backend"]
 )
-
-
-def async_url(url: URL) -> URL:
-    return url.set(drivername=ASYNC_DRIVERS[url.get_backend_name()])
-
-
-def async_shard_map(deployment: Deployment) -> ShardMap:
-    """The same shards as ``deployment``'s shard map, through an async driver."""
-    if deployment.placement == "database":
-        return ShardMap.databases(
-            {shard: async_url(deployment.shard_urls[shard]) for shard in SHARDS}
-        )
-    if deployment.placement == "schema":
-        assert deployment.schema_names is not None
-        return ShardMap.schemas(async_url(deployment.url), deployment.schema_names)
-    return ShardMap.tables(async_url(deployment.url), SHARDS)
 
 
 def run_with(deployment: Deployment, body: Callable[[ShardMap], Awaitable[None]]) -> None:

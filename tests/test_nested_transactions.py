@@ -34,7 +34,15 @@ import sqlalchemy as sa
 from _servers import MakeDatabase
 from hypothesis import HealthCheck, example, given, note, settings
 from hypothesis import strategies as st
-from models_weather import CONTINENTS, SHARDS, Base, Deployment, Report, WeatherLocation
+from models_weather import (
+    CONTINENTS,
+    SHARDS,
+    Base,
+    Deployment,
+    Report,
+    WeatherLocation,
+    async_shard_map,
+)
 from sqlalchemy import event, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
@@ -475,21 +483,6 @@ def test_released_savepoints_keep_their_changes(world: World) -> None:
 
 
 # -- AsyncSession ---------------------------------------------------------------------------------
-
-ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
-ASYNC_DRIVERS["mysql"] = "mysql+aiomysql"
-
-
-def async_shard_map(deployment: Deployment) -> ShardMap:
-    def url(url: sa.URL) -> sa.URL:
-        return url.set(drivername=ASYNC_DRIVERS[url.get_backend_name()])
-
-    if deployment.placement == "database":
-        return ShardMap.databases({shard: url(deployment.shard_urls[shard]) for shard in SHARDS})
-    if deployment.placement == "schema":
-        assert deployment.schema_names is not None
-        return ShardMap.schemas(url(deployment.url), deployment.schema_names)
-    return ShardMap.tables(url(deployment.url), SHARDS)
 
 
 async def async_transaction_step(side: Side, step: Step) -> Any:

@@ -35,7 +35,15 @@ import sqlalchemy as sa
 from _servers import Backend, MakeDatabase
 from hypothesis import HealthCheck, event, example, given, note, settings
 from hypothesis import strategies as st
-from models_weather import CONTINENTS, SHARDS, Base, Deployment, Report, Tag, WeatherLocation
+from models_weather import (
+    CONTINENTS,
+    Base,
+    Deployment,
+    Report,
+    Tag,
+    WeatherLocation,
+    async_shard_map,
+)
 from sqlalchemy import ForeignKey, Integer, String, insert, select
 from sqlalchemy.exc import InvalidRequestError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -463,21 +471,6 @@ def test_a_joined_collection_without_unique_is_refused_as_on_one_database(
 
 
 # -- AsyncSession.stream() --------------------------------------------------------------------
-
-ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
-ASYNC_DRIVERS["mysql"] = "mysql+aiomysql"
-
-
-def async_shard_map(deployment: Deployment) -> ShardMap:
-    def url(url: sa.URL) -> sa.URL:
-        return url.set(drivername=ASYNC_DRIVERS[url.get_backend_name()])
-
-    if deployment.placement == "database":
-        return ShardMap.databases({shard: url(deployment.shard_urls[shard]) for shard in SHARDS})
-    if deployment.placement == "schema":
-        assert deployment.schema_names is not None
-        return ShardMap.schemas(url(deployment.url), deployment.schema_names)
-    return ShardMap.tables(url(deployment.url), SHARDS)
 
 
 ASYNC_APIS = ("stream unique", "stream_scalars unique", "execute unique", "stream, no unique")

@@ -30,7 +30,7 @@ import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from models_weather import SHARDS, Deployment, WeatherLocation, new_cities
+from models_weather import SHARDS, Deployment, WeatherLocation, async_shard_map, new_cities
 from sqlalchemy import Integer, String, column, select, table, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -350,21 +350,6 @@ def test_text_over_unsharded_tables_is_every_shard_where_a_select_is_one(tmp_pat
 
 
 # -- AsyncSession -------------------------------------------------------------------------------
-
-ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
-ASYNC_DRIVERS["mysql"] = "mysql+aiomysql"
-
-
-def async_shard_map(deployment: Deployment) -> ShardMap:
-    def url(url: sa.URL) -> sa.URL:
-        return url.set(drivername=ASYNC_DRIVERS[url.get_backend_name()])
-
-    if deployment.placement == "database":
-        return ShardMap.databases({shard: url(deployment.shard_urls[shard]) for shard in SHARDS})
-    if deployment.placement == "schema":
-        assert deployment.schema_names is not None
-        return ShardMap.schemas(url(deployment.url), deployment.schema_names)
-    return ShardMap.tables(url(deployment.url), SHARDS)
 
 
 @pytest.mark.parametrize("placement", ["database", "tables"])
