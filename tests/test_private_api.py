@@ -65,14 +65,6 @@ def modules_outside_the_door() -> list[Path]:
     return sorted(path for path in PACKAGE.rglob("*.py") if DOOR not in path.parents)
 
 
-# Private names shardalchemy's own classes use too (on their own objects, e.g.
-# ``generator._lock``): allowed on any object. Kept short and explicit; a new one is a
-# choice to make here, not something the test discovers by itself.
-OWN_PRIVATE_NAMES = frozenset(
-    {"_lock", "_counter", "_next", "_offset", "_parents", "_connection", "_close", "_pool"}
-)
-
-
 def library_derived_classes(tree: ast.Module) -> set[str]:
     """Names of the module's classes with a base imported from one of the libraries."""
     imported: set[str] = set()
@@ -97,12 +89,9 @@ def library_derived_classes(tree: ast.Module) -> set[str]:
     return derived
 
 
-def private_uses(path: Path, own: frozenset[str] = frozenset()) -> list[str]:
-    """``line: expression`` for each use of a library's private name in the module at ``path``.
-
-    ``own``: private names of shardalchemy's own classes, allowed on any object.
-    """
-    library = private_library_names() - own
+def private_uses(path: Path) -> list[str]:
+    """``line: expression`` for each use of a library's private name in the module at ``path``."""
+    library = private_library_names()
     tree = ast.parse(path.read_text(), filename=str(path))
     found: list[str] = []
     for node in ast.walk(tree):
@@ -133,7 +122,7 @@ def private_uses(path: Path, own: frozenset[str] = frozenset()) -> list[str]:
     "path", modules_outside_the_door(), ids=lambda path: str(path.relative_to(PACKAGE))
 )
 def test_no_private_sqlalchemy_access_outside_the_door(path: Path) -> None:
-    uses = private_uses(path, OWN_PRIVATE_NAMES)
+    uses = private_uses(path)
     assert not uses, (
         f"{path.relative_to(PACKAGE)} uses private library attributes; move each into "
         "shardalchemy._sqlalchemy (one function, with a comment saying why):\n" + "\n".join(uses)

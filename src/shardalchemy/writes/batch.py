@@ -127,15 +127,15 @@ class ShardWrites:
         self.rowcounts: list[Any] = []
         self.counts: dict[Any, int] = {}  # rows written per shard
         self.concurrency = concurrency
-        self._pool: ThreadPoolExecutor | None = None
+        self._threads: ThreadPoolExecutor | None = None
 
     # -- savepoints ------------------------------------------------------------
-    def _connection(self, shard: Any) -> Any:
+    def _shard_connection(self, shard: Any) -> Any:
         return self.session.connection(bind_arguments={"shard_id": shard})
 
     def _savepoint_connection(self, shard: Any) -> Any:
         """The connection holding the statement's savepoint for ``shard`` (opened once)."""
-        connection = self._connection(shard)
+        connection = self._shard_connection(shard)
         database_connection = connection.connection.dbapi_connection
         savepoint = self.savepoints.get(database_connection)
         if savepoint is None:
@@ -173,13 +173,14 @@ class ShardWrites:
         batches = {shard: self._batch_savepoint(shard) for shard in grouped}
         outcomes: dict[Any, Any] = {}
         if self._concurrent(grouped):
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(
+            if self._threads is None:
+                self._threads = ThreadPoolExecutor(
                     max_workers=min(self.concurrency, len(self.session.shard_names)),
                     thread_name_prefix="shardalchemy-bulk",
                 )
             futures = {
-                shard: self._pool.submit(run, shard, rows) for shard, (_, rows) in grouped.items()
+                shard: self._threads.submit(run, shard, rows)
+                for shard, (_, rows) in grouped.items()
             }
             for shard, future in futures.items():
                 try:
@@ -223,7 +224,7 @@ class ShardWrites:
             return False
         if sum(len(rows) for _, rows in grouped.values()) < CONCURRENT_MIN_ROWS:
             return False  # starting threads costs more than it saves
-        connections = [self._connection(shard) for shard in grouped]
+        connections = [self._shard_connection(shard) for shard in grouped]
         if any(connection.dialect.name == "sqlite" for connection in connections):
             return False  # SQLite connections belong to their thread; one file anyway
         if any(connection.dialect.is_async for connection in connections):
@@ -303,10 +304,10 @@ class ShardWrites:
         return None
 
     # -- the end -----------------------------------------------------------------
-    def _close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+    def _stop_threads(self) -> None:
+        if self._threads is not None:
+            self._threads.shutdown(wait=True)
+            self._threads = None
 
     def __enter__(self) -> ShardWrites:
         return self
@@ -320,7 +321,7 @@ class ShardWrites:
 
     def undo(self) -> None:
         """Roll every shard back to before the statement."""
-        self._close()
+        self._stop_threads()
         for savepoint in reversed(list(self.savepoints.values())):
             if savepoint.is_active:
                 savepoint.rollback()
@@ -328,7 +329,7 @@ class ShardWrites:
 
     def finish(self) -> None:
         """Keep the statement's rows (in the session's transaction) and record its route."""
-        self._close()
+        self._stop_threads()
         for savepoint in reversed(list(self.savepoints.values())):
             savepoint.commit()
         self.savepoints.clear()
