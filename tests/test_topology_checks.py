@@ -12,10 +12,12 @@ from typing import Any
 
 import pytest
 from _servers import MakeDatabase
-from sqlalchemy import Integer, String, create_engine, func, select
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sqlalchemy import Column, Integer, MetaData, String, Table, create_engine, func, insert, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from shardalchemy import Lookup, ShardKey, ShardMap, ShardMapError
+from shardalchemy import Lookup, ShardKey, ShardMap, ShardMapError, shard_table
 
 
 class Base(DeclarativeBase):
@@ -148,5 +150,46 @@ def test_schema_names_that_need_escaping_work_on_postgresql(
             session.commit()
             assert session.scalars(select(Order.id)).all() == [1]
             assert session.scalar(select(func.count()).select_from(Order)) == 1
+    finally:
+        shard_map.dispose()
+
+
+NAME = st.from_regex(r"[ab](_?[ab]){0,2}", fullmatch=True)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    shards=st.lists(NAME, min_size=2, max_size=3, unique=True),
+    tables=st.lists(NAME, min_size=1, max_size=3, unique=True),
+)
+def test_tables_placement_refuses_exactly_the_names_that_coincide(
+    shards: list[str], tables: list[str]
+) -> None:
+    """Generated shard and table names: refused iff two ``{shard}_{table}`` coincide; else
+    every shard's rows of every table stay apart (one row each, counted on every shard)."""
+    metadata = MetaData()
+    for name in tables:
+        shard_table(
+            Table(name, metadata, Column("id", Integer, primary_key=True), Column("k", String(5))),
+            ShardKey("k", Lookup({shard: shard for shard in shards})),
+        )
+    physical = [f"{shard}_{table}" for shard in shards for table in tables]
+    shard_map = ShardMap.tables("sqlite://", shards)
+    try:
+        if len(set(physical)) < len(physical):
+            with pytest.raises(ShardMapError, match="would both be the table"):
+                shard_map.create_all(metadata)
+            return
+        shard_map.create_all(metadata)
+        with shard_map.sessionmaker()() as session:
+            for table in metadata.sorted_tables:
+                session.execute(insert(table), [{"id": 1, "k": shard} for shard in shards])
+            for table in metadata.sorted_tables:
+                for shard in shards:
+                    counted = session.scalar(
+                        select(func.count()).select_from(table).where(table.c.k == shard)
+                    )
+                    assert counted == 1, (table.name, shard)
+            session.rollback()
     finally:
         shard_map.dispose()
