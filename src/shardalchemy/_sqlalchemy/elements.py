@@ -103,3 +103,25 @@ class _SqlOnlyComparator(traversals.TraversalComparatorStrategy):
 
     def visit_propagate_attrs(self, *args: Any, **kw: Any) -> None:
         return None  # the ORM's plugin subject: who made the expression, not what it is
+
+
+def with_bind_value(statement: Any, key: str, value: Any) -> Any:
+    """A copy of ``statement`` whose bind parameter ``key`` holds ``value``.
+
+    ``ClauseElement.params()`` does this for a SELECT but refuses INSERT, UPDATE
+    and DELETE; the same cloning traversal (the public ``cloned_traverse``)
+    replaces the value there too, leaving the statement's shape (and so its
+    compiled form in the cache) as it was.
+    """
+    from sqlalchemy.sql import visitors
+
+    def visit_bindparam(bind: Any) -> None:
+        if bind.key == key:
+            bind.value = value
+            bind.required = False
+
+    return visitors.cloned_traverse(
+        statement,
+        {"maintain_key": True, "detect_subquery_cols": True},
+        {"bindparam": visit_bindparam},
+    )

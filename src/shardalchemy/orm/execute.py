@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy.ext import horizontal_shard
@@ -9,10 +10,17 @@ from sqlalchemy.orm import ORMExecuteState
 from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.sql.selectable import TextualSelect
 
-from .._sqlalchemy import orm_execute, selects, sessions
+from .._sqlalchemy import elements, orm_execute, selects, sessions
 from .._sqlalchemy.results import concatenated, merged_result, processed_rows, rows_with_columns
 from ..errors import CrossShardQueryError, RoutingError, ScatterQueryError
 from ..execution.fan_out import Outcome, fan_out
+from ..planning.in_lists import (
+    SMALLEST_BIND_LIMIT,
+    InListBatches,
+    bind_limit,
+    in_list_batches,
+    refuse_batched,
+)
 from ..routing.route import Route
 from ..routing.tables import shard_key_hints, statement_label
 from ..routing.textual import textual_part
@@ -103,25 +111,77 @@ def execute_on_shards(orm_context: ORMExecuteState) -> Any:
             refuse_textual(session, statement, route, orm_context.execution_options)
     if session._route_log is not None:
         session.record_route(route, statement)
+    # a shard-key IN list: each shard is sent its own values, in batches past the bind limit
+    batches = _in_list_batches(session, orm_context, route) if route.in_list is not None else None
 
-    if len(route.shards) == 1:
+    if len(route.shards) == 1 and batches is None:
         # one shard: let the session go on with this very execution, bound to
         # that shard, rather than running the statement again nested
         orm_context.bind_arguments["shard_id"] = route.shards[0]
         orm_context.update_execution_options(identity_token=route.shards[0])
         return None
 
-    return _run_on_shards(session, orm_context, route)
+    return _run_on_shards(session, orm_context, route, batches)
 
 
-def _run_on_shards(session: ShardedSession, orm_context: ORMExecuteState, route: Route) -> Any:
+def _in_list_batches(
+    session: ShardedSession, orm_context: ORMExecuteState, route: Route
+) -> InListBatches | None:
+    """The statements a shard-key IN list is sent in (None: the statement as it is).
+
+    The ``bind_limit`` execution option sets the binds per statement (for tests,
+    or a server configured lower); else each shard's database says.
+    """
+    in_list = route.in_list
+    limit = orm_context.execution_options.get("bind_limit")
+    backend = "the execution option bind_limit"
+    if limit is None:
+        count = in_list.bind_count()
+        if len(route.shards) == 1 and (count is None or count <= SMALLEST_BIND_LIMIT):
+            return None  # within every database's limit: no need to ask which
+        limit, backend = min(_bind_limit(session, shard) for shard in route.shards)
+    return in_list_batches(in_list, route.shards, int(limit), backend)
+
+
+_bind_limits: weakref.WeakKeyDictionary[Any, tuple[int, str]] = weakref.WeakKeyDictionary()
+
+
+def _bind_limit(session: ShardedSession, shard: Any) -> tuple[int, str]:
+    """The binds one statement may carry on ``shard``'s database, and its name (per engine)."""
+    engine = session.get_bind(shard_id=shard)
+    known = _bind_limits.get(engine)
+    if known is not None:
+        return known
+    dialect = engine.dialect
+    probed = None
+    if dialect.name == "sqlite":
+        connection = session.connection(bind_arguments={"shard_id": shard})
+        # the standard library's sqlite3 (Python 3.11+) tells the compiled-in limit
+        getlimit = getattr(connection.connection.dbapi_connection, "getlimit", None)
+        if getlimit is not None:
+            import sqlite3
+
+            probed = getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+    known = (bind_limit(dialect.name, dialect.driver, probed), f"{dialect.name}+{dialect.driver}")
+    _bind_limits[engine] = known
+    return known
+
+
+def _run_on_shards(
+    session: ShardedSession,
+    orm_context: ORMExecuteState,
+    route: Route,
+    batches: InListBatches | None = None,
+) -> Any:
     """A statement on several shards: planned, fanned out, its rows merged.
 
     A SELECT gets one database's answer (see :mod:`shardalchemy.planner`);
     with ``cross_shard="concatenate"``, and for UPDATE/DELETE, the shards'
     results are concatenated (rowcounts summed), as SQLAlchemy's extension
     does.  UPDATE/DELETE run one shard after another on the calling thread:
-    the ORM synchronizes the session's objects as each one returns.
+    the ORM synchronizes the session's objects as each one returns.  With
+    ``batches``, each shard runs one statement per batch of the shard key's IN
+    list, and every statement's rows are one more stream to merge.
     """
     options = orm_context.execution_options
     shards = route.shards
@@ -132,12 +192,22 @@ def _run_on_shards(session: ShardedSession, orm_context: ORMExecuteState, route:
         sessions.autoflush(session)
     plan = None
     if orm_context.is_select and settings.merge:
-        plan = session._plan(orm_context.statement, shards, orm_context.parameters)
+        try:
+            plan = session._plan(orm_context.statement, shards, orm_context.parameters)
+        except CrossShardQueryError as error:
+            if len(shards) == 1 and batches is not None:
+                raise refuse_batched(error, batches) from error
+            raise
         if plan.fallback is not None and options.get("prebuffer_rows"):
             plan = plan.fallback  # AsyncSession loads the rows before they could be read
 
     def run_everywhere(statement: Any) -> tuple[list[Any], Outcome]:
         def run_on(shard: Any) -> Any:
+            if batches is not None:
+                return [
+                    _run_batch(orm_context, statement, shard, batches, values)
+                    for values in batches.batches[shard]
+                ]
             return orm_context.invoke_statement(
                 statement=statement,
                 bind_arguments={"shard_id": shard},
@@ -153,7 +223,10 @@ def _run_on_shards(session: ShardedSession, orm_context: ORMExecuteState, route:
             concurrency=settings.concurrency if orm_context.is_select else 1,
             pool_owner=session.shard_map if session.shard_map is not None else session,
         )
-        return [outcome.results[shard] for shard in shards if shard in outcome.results], outcome
+        results = [outcome.results[shard] for shard in shards if shard in outcome.results]
+        if batches is not None:  # each shard's statements, one result each
+            results = [result for each in results for result in each]
+        return results, outcome
 
     results, outcome = run_everywhere(plan.statement if plan is not None else None)
     if plan is None:
@@ -173,6 +246,30 @@ def _run_on_shards(session: ShardedSession, orm_context: ORMExecuteState, route:
     result = merged_result(results[0], rows, results, plan.visible, plan.single_entity)
     result.failed_shards = dict(outcome.failures)
     return result
+
+
+def _run_batch(
+    orm_context: ORMExecuteState,
+    statement: Any,
+    shard: Any,
+    batches: InListBatches,
+    values: list[Any],
+) -> Any:
+    """``statement`` (``None``: the user's) on ``shard`` with the IN list's ``values``."""
+    options = {"identity_token": shard}
+    if batches.given:  # the values are the execution's parameter: override it
+        return orm_context.invoke_statement(
+            statement=statement,
+            params={batches.bind_key: values},
+            bind_arguments={"shard_id": shard},
+            execution_options=options,
+        )
+    base = statement if statement is not None else orm_context.statement
+    return orm_context.invoke_statement(
+        statement=elements.with_bind_value(base, batches.bind_key, values),
+        bind_arguments={"shard_id": shard},
+        execution_options=options,
+    )
 
 
 def _rows_of(result: Any, row_columns: tuple[Any, ...]) -> Any:

@@ -25,6 +25,7 @@ class Route:
         "_reason",
         "colocation",
         "explanation",
+        "in_list",
         "plan",
         "plan_error",
         "scatter",
@@ -43,6 +44,7 @@ class Route:
         plan: Any = None,
         plan_error: Exception | None = None,
         colocation: Any = None,
+        in_list: Any = None,
     ) -> None:
         self.plan = plan
         self.plan_error = plan_error
@@ -56,6 +58,10 @@ class Route:
         """What proved that the rows the statement combines live on one shard (or why
         nothing did): a :class:`~shardalchemy.routing.colocation.Colocation`, when the
         router analysed the statement."""
+        self.in_list = in_list
+        """The statement's expanding ``IN`` lists in this execution, when it has any: an
+        :class:`~shardalchemy.routing.in_lists.InList`, which counts their binds and splits
+        the shard key's list by shard."""
 
     @property
     def reason(self) -> str:
@@ -75,6 +81,7 @@ class Route:
             plan=self.plan,
             plan_error=self.plan_error,
             colocation=self.colocation,
+            in_list=self.in_list,
         )
 
     def __iter__(self) -> Iterator[ShardName]:

@@ -60,6 +60,7 @@ from ..sharding.rules import RuleBook
 from ..sharding.strategies import ShardName
 from .colocation import Colocation, colocation
 from .fast_path import SingleShard, single_shard_function
+from .in_lists import InList, InListShape, in_list_shape
 from .predicates import MISSING, Analysis, Node, Or, Values
 from .route import Explanation, Route
 from .tables import colocation_groups, has_outer_join, tables_of
@@ -77,6 +78,7 @@ class Shape:
     cacheable: bool = True  # False when a compared bind is not in the cache key
     first_shard_only: bool = False  # the answer is the same on every shard
     colocation: Colocation | None = None  # what proved the rows it combines co-located
+    in_list: InListShape | None = None  # its expanding IN binds, if any (split by shard)
     # (binds, parameters) -> the one shard, or None: see _single_shard_function
     single: SingleShard | None = dataclasses.field(
         init=False, default=None, compare=False, repr=False
@@ -177,7 +179,7 @@ class Router:
         plan = self._shapes.get(cache_key.key)
         if plan is None:
             positions = {id(bind): index for index, bind in enumerate(cache_key.bindparams)}
-            plan = self._analyse(statement, positions)
+            plan = self._analyse(statement, positions, cache_key.bindparams)
             if not plan.cacheable:
                 return plan, cache_key.bindparams
             if len(self._shapes) >= self._shapes_size:
@@ -185,7 +187,12 @@ class Router:
             self._shapes[cache_key.key] = plan
         return plan, cache_key.bindparams
 
-    def _analyse(self, statement: Any, positions: Mapping[int, int]) -> Shape:
+    def _analyse(
+        self,
+        statement: Any,
+        positions: Mapping[int, int],
+        binds: Sequence[BindParameter[Any]] = (),
+    ) -> Shape:
         kind = type(statement).__name__
         if isinstance(statement, Insert):
             source = getattr(statement, "select", None)
@@ -227,9 +234,10 @@ class Router:
             predicate: Node = Or(tuple(p for p in parts if p is not None))
             return Shape(predicate, "", analysis.cacheable, colocation=proof)
         where = self._where(statement, analysis)
+        in_list = in_list_shape(where, binds) if binds else None
         if where is None:
-            return Shape(None, "no WHERE clause", colocation=proof)
-        return Shape(where, "", cacheable=analysis.cacheable, colocation=proof)
+            return Shape(None, "no WHERE clause", colocation=proof, in_list=in_list)
+        return Shape(where, "", cacheable=analysis.cacheable, colocation=proof, in_list=in_list)
 
     def _where(self, statement: Any, analysis: Analysis) -> Node | None:
         while isinstance(statement, Grouping):
@@ -261,8 +269,16 @@ class Router:
         if plan.predicate is None:
             why = plan.why
             tree = Explanation(why, None) if explain else None
+            counted = None
+            if plan.in_list is not None and (parameters is None or isinstance(parameters, Mapping)):
+                counted = InList(plan.in_list, binds, parameters or _NO_PARAMETERS)
             return Route(
-                every, f"{why}; all shards", explanation=tree, scatter=True, colocation=colocated
+                every,
+                f"{why}; all shards",
+                explanation=tree,
+                scatter=True,
+                colocation=colocated,
+                in_list=counted,
             )
         if parameters is None:
             parameter_sets: Sequence[Mapping[str, Any]] = ({},)
@@ -270,6 +286,9 @@ class Router:
             parameter_sets = (parameters,)
         else:
             parameter_sets = list(parameters) or ({},)
+        in_list = None
+        if plan.in_list is not None and len(parameter_sets) == 1:  # not an executemany
+            in_list = InList(plan.in_list, binds, parameter_sets[0])
         predicate = plan.predicate
         union: set[Any] = set()
         unprunable = False
@@ -287,6 +306,7 @@ class Router:
                 explanation=tree,
                 scatter=True,
                 colocation=colocated,
+                in_list=in_list,
             )
 
         def reason() -> str:
@@ -296,17 +316,23 @@ class Router:
         if len(union) == 1:
             (shard,) = union
             if shard in self._position:
-                return Route((shard,), reason, explanation=tree, colocation=colocated)
+                return Route(
+                    (shard,), reason, explanation=tree, colocation=colocated, in_list=in_list
+                )
         if union and union.issubset(self._position):
             shards = tuple(sorted(union, key=self._position.__getitem__))
-            return Route(shards, reason, explanation=tree, colocation=colocated)
+            return Route(shards, reason, explanation=tree, colocation=colocated, in_list=in_list)
         if not union:
 
             def empty_reason() -> str:
                 return f"{reason()}; no shard can match, running on {every[0]} alone"
 
-            return Route(every[:1], empty_reason, explanation=tree, colocation=colocated)
-        return Route(every, reason, explanation=tree, scatter=True, colocation=colocated)
+            return Route(
+                every[:1], empty_reason, explanation=tree, colocation=colocated, in_list=in_list
+            )
+        return Route(
+            every, reason, explanation=tree, scatter=True, colocation=colocated, in_list=in_list
+        )
 
 
 def _explain_all(
