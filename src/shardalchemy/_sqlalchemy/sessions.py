@@ -96,11 +96,15 @@ class SessionHooks(horizontal_shard.ShardedSession):
       session whose only ``do_orm_execute`` hook is its own, is sent straight
       to that shard.  The hook would decide exactly this, and running it (an
       ``ORMExecuteState``, a second pre-execution pass) costs more than the
-      routing itself.
+      routing itself.  With a default ``shard_timeout``, that statement runs within
+      it (``run_with_deadline``); a statement's own ``shard_timeout`` takes the hook,
+      which checks it.
     - ``Session._bulk_save_mappings`` (where ``bulk_insert_mappings()`` and
       ``bulk_update_mappings()`` end) asks :meth:`save_bulk_mappings` to
       route the rows first.
     """
+
+    fan_out_defaults: Any  # the session's FanOutOptions (its shard_timeout), set by the subclass
 
     def shard_before_hooks(
         self, statement: Any, params: Any, execution_options: Any, bind_arguments: Any
@@ -125,6 +129,8 @@ class SessionHooks(horizontal_shard.ShardedSession):
     ) -> Any:
         if _parent_execute_state is None and _add_event is None:
             shard = self.shard_before_hooks(statement, params, execution_options, bind_arguments)
+            if shard is not None and "shard_timeout" in statement._execution_options:
+                shard = None  # the statement's own timeout: the hook checks it and runs it
             if shard is not None:
                 bind_arguments = (
                     {**bind_arguments, "shard_id": shard} if bind_arguments else {"shard_id": shard}
@@ -140,6 +146,23 @@ class SessionHooks(horizontal_shard.ShardedSession):
                     else token
                 )
                 _parent_execute_state = NO_MORE_EVENTS
+                timeout = self.fan_out_defaults.timeout  # the session's default shard_timeout
+                if timeout is not None:
+                    return run_with_deadline(
+                        self,
+                        shard,
+                        timeout,
+                        lambda: _SESSION_EXECUTE(
+                            self,
+                            statement,
+                            params,
+                            execution_options=execution_options,
+                            bind_arguments=bind_arguments,
+                            _parent_execute_state=_parent_execute_state,
+                            _add_event=_add_event,
+                            _scalar_result=_scalar_result,
+                        ),
+                    )
         return _SESSION_EXECUTE(
             self,
             statement,
@@ -159,6 +182,11 @@ class SessionHooks(horizontal_shard.ShardedSession):
 # SQLAlchemy's own Session._execute_internal, called unbound: one attribute
 # lookup less than super() on the path every statement takes
 _SESSION_EXECUTE = horizontal_shard.ShardedSession._execute_internal
+
+# run_with_deadline(session, shard, seconds, execute): a fast-path statement run within the
+# session's default shard_timeout.  Set by shardalchemy.execution.deadlines, which imports
+# this module (the rooms' import graph keeps _sqlalchemy below execution, so not the reverse)
+run_with_deadline: Any = None
 
 
 # -- nested transactions: a savepoint on every shard ------------------------------------------

@@ -4,22 +4,27 @@ The only room besides the session that touches connections.  Shards that
 share one database connection (SQLite shards in one file) run one after
 another on it; the others run concurrently:
 
-- with a sync ``Session``, each on a thread of a bounded pool (except
-  SQLite, whose connections belong to the thread that opened them); the calling
-  thread takes every shard's connection first (a ``Session`` is not
-  thread-safe) and ORM objects are built on it afterwards, while the merge
-  reads the rows;
+- with a sync ``Session``, each on a thread of the process's worker pool
+  (:mod:`.workers`: a new thread whenever none is idle, so a shard's statement
+  never waits behind another statement's), except SQLite, whose connections
+  belong to the thread that opened them; the calling thread takes every shard's
+  connection first (a ``Session`` is not thread-safe) and ORM objects are built
+  on it afterwards, while the merge reads the rows;
 - inside ``AsyncSession`` (SQLAlchemy's greenlet bridge), each as an asyncio
   task on the event loop.
 
-``shard_timeout`` bounds the whole fan-out: at the deadline the shards still
-running are cancelled through their driver (``cancel()`` for psycopg,
-``interrupt()`` for SQLite, ``KILL QUERY`` for MariaDB, task cancellation for
-asyncio drivers).  When a shard fails, the others' queries are cancelled and
-:class:`~shardalchemy.ShardQueryError` names the shard and its cause.  With
-``shard_timeout`` or ``allow_partial``, every shard's statement runs inside a
-SAVEPOINT, so a failed or cancelled shard is rolled back to before the
-statement and the session's transaction stays usable.
+``shard_timeout`` bounds the whole fan-out (:mod:`.deadlines`): each shard's
+statement also gets the database's own statement timeout where it has one, and
+at the deadline the watchdog cancels the shards still running through their
+driver (psycopg's cancel request, ``interrupt()`` for SQLite, ``KILL QUERY``
+for MariaDB, ``pg_cancel_backend()`` for asyncio drivers), then abandons the
+connections of those that do not stop within the grace (:mod:`.cancellation`).
+When a shard fails, the others' queries are cancelled (and abandoned likewise)
+and :class:`~shardalchemy.ShardQueryError` names the shard and its cause.
+With ``shard_timeout`` or ``allow_partial``, every shard's statement runs
+inside a SAVEPOINT, so a failed or cancelled shard is rolled back to before the
+statement and the session's transaction stays usable (an abandoned shard's
+connection is gone: the session must be rolled back).
 
 Example:
 
@@ -37,9 +42,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
-import threading
 import time
-import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -47,31 +50,14 @@ from sqlalchemy.util import await_only, greenlet_spawn
 
 from .._sqlalchemy import drivers
 from ..errors import ShardQueryError, ShardTimeoutError
-from .cancellation import Cancelled, Running
+from .cancellation import ABANDON_GRACE_SECONDS, CANCEL_TIMEOUT_SECONDS, Cancelled, Running
+from .deadlines import server_timeout, timed_out, timeout_error
+from .watchdog import WATCHDOG
+from .workers import WORKERS
 
-_pools_lock = threading.Lock()
-
-
-_pools: weakref.WeakKeyDictionary[Any, concurrent.futures.ThreadPoolExecutor] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-# how long cancelled statements get to stop before their asyncio tasks are cancelled
-_CANCEL_GRACE_SECONDS = 10.0
-
-
-def thread_pool(owner: Any, size: int) -> concurrent.futures.ThreadPoolExecutor:
-    """The fan-out threads of ``owner`` (a shard map, or a session in drop-in mode)."""
-    with _pools_lock:
-        pool = _pools.get(owner)
-        if pool is None:
-            pool = concurrent.futures.ThreadPoolExecutor(
-                max_workers=size, thread_name_prefix="shardalchemy-fan-out"
-            )
-            _pools[owner] = pool
-            weakref.finalize(owner, pool.shutdown, wait=False)
-        return pool
+# asyncio: how long cancelled statements get to stop before their tasks are cancelled (the
+# abandoned ones stop at the end of the grace; this is for drivers with no socket to shut)
+_CANCEL_GRACE_SECONDS = ABANDON_GRACE_SECONDS + 1.0
 
 
 @dataclasses.dataclass
@@ -90,7 +76,6 @@ def fan_out(
     timeout: float | None = None,
     allow_partial: bool = False,
     concurrency: int | None = None,
-    pool_owner: Any = None,
 ) -> Outcome:
     """Run ``run(shard)`` for every shard, concurrently where the shards allow.
 
@@ -98,6 +83,7 @@ def fan_out(
     (else the first failure raises :class:`ShardQueryError`, and a deadline
     missed raises :class:`ShardTimeoutError`).
     """
+    started = time.monotonic()
     connections = {
         shard: session.connection(bind_arguments={"shard_id": shard}) for shard in shards
     }
@@ -109,51 +95,59 @@ def fan_out(
         groups = _fold(groups, concurrency)
     running = Running()
     outcome = Outcome({}, {})
+    # the deadline counts from the start: taking the connections is part of the statement
+    deadline = None if timeout is None else started + timeout
 
     def run_group(group: list[Any]) -> None:
         for shard in group:
             connection = connections[shard]
             try:
                 with running.on(shard, connection), _savepoint(connection, savepoints):
-                    outcome.results[shard] = run(shard)
+                    if deadline is None:
+                        outcome.results[shard] = run(shard)
+                    else:
+                        with server_timeout(connection, max(0.0, deadline - time.monotonic())):
+                            outcome.results[shard] = run(shard)
             except BaseException as error:
                 outcome.failures[shard] = error
                 if not allow_partial:
-                    running.cancel()
+                    # the server's own timeout is the deadline's too: the others are late
+                    running.cancel(timed_out=drivers.is_statement_timeout(error))
                 if isinstance(error, Cancelled | Exception):
                     if not allow_partial:
                         return  # the group's other shards are cancelled too
                     continue
                 raise
 
-    is_async = any(connection.dialect.is_async for connection in connections.values())
-    if is_async and drivers.in_greenlet():
-        _run_async(
-            groups,
-            run_group,
-            running,
-            timeout,
-            lambda: bool(outcome.failures) and not allow_partial,
+    alarm = None
+    if deadline is not None:
+        alarm = WATCHDOG.arm(
+            max(0.0, deadline - time.monotonic()), lambda: running.cancel(timed_out=True)
         )
-    elif len(groups) == 1:
-        timer = _deadline_timer(running, timeout)
-        try:
+    try:
+        is_async = any(connection.dialect.is_async for connection in connections.values())
+        if is_async and drivers.in_greenlet():
+            _run_async(
+                groups,
+                run_group,
+                running,
+                deadline,
+                lambda: bool(outcome.failures) and not allow_partial,
+            )
+        elif len(groups) == 1:
             run_group(groups[0])
-        finally:
-            if timer is not None:
-                timer.cancel()
-    else:
-        size = max(len(shards), 1)
-        pool = thread_pool(pool_owner if pool_owner is not None else session, min(size, 32))
-        futures = [pool.submit(run_group, group) for group in groups]
-        # a failing shard cancels the others itself (run_group), so only the
-        # deadline is waited for here
-        _, pending = concurrent.futures.wait(futures, timeout=timeout)
-        if pending:
-            running.cancel(timed_out=True)
-            concurrent.futures.wait(pending)  # cancelled: no thread keeps a connection
-        for future in futures:
-            future.result()  # BaseExceptions (KeyboardInterrupt) propagate
+        else:
+            futures = [WORKERS.submit(run_group, group) for group in groups]
+            # no timeout here: the watchdog cancels at the deadline, abandons what does
+            # not stop, and a failing shard cancels the others itself (run_group); so
+            # every future ends, and then no thread holds a connection of the session
+            concurrent.futures.wait(futures)
+            for future in futures:
+                future.result()  # BaseExceptions (KeyboardInterrupt) propagate
+    finally:
+        if alarm is not None:
+            alarm.disarm()
+        running.finish()
     return _conclude(shards, outcome, running, timeout, allow_partial)
 
 
@@ -169,27 +163,25 @@ def _conclude(
         error = outcome.failures.get(shard)
         if error is None:
             continue
-        if running.timed_out and (isinstance(error, Cancelled) or drivers.is_cancellation(error)):
-            error = ShardTimeoutError(
-                f"shard {shard!r} did not answer within shard_timeout={timeout}s; its "
-                "statement was cancelled",
-                shard=shard,
-                failures={shard: error},
-            )
+        if not isinstance(error, ShardTimeoutError) and timed_out(running, shard, error):
+            error = timeout_error(shard, timeout, error, shard in running.abandoned)
         failures[shard] = error
     outcome.failures = failures
     if not failures or allow_partial:
         if allow_partial and len(failures) == len(shards):
-            raise _failure(shards, failures)
+            raise _failure(shards, failures, running.abandoned)
         return outcome
-    raise _failure(shards, failures)
+    raise _failure(shards, failures, running.abandoned)
 
 
-def _failure(shards: Sequence[Any], failures: dict[Any, BaseException]) -> ShardQueryError:
-    # the first real failure, not a shard cancelled because of it
+def _failure(
+    shards: Sequence[Any], failures: dict[Any, BaseException], stopped: set[Any]
+) -> ShardQueryError:
+    # the first real failure, not a shard cancelled (or abandoned: ``stopped``) because of it
     def cause_rank(shard: Any) -> int:
         error = failures[shard]
-        return 1 if isinstance(error, Cancelled) or drivers.is_cancellation(error) else 0
+        cancelled = isinstance(error, Cancelled) or drivers.is_cancellation(error)
+        return 1 if cancelled or shard in stopped else 0
 
     first = min(failures, key=lambda shard: (cause_rank(shard), list(shards).index(shard)))
     cause = failures[first]
@@ -257,27 +249,17 @@ def _savepoint(connection: Any, wanted: bool) -> Iterator[None]:
     savepoint.commit()
 
 
-def _deadline_timer(running: Running, timeout: float | None) -> threading.Timer | None:
-    if timeout is None:
-        return None
-    timer = threading.Timer(timeout, running.cancel, kwargs={"timed_out": True})
-    timer.daemon = True
-    timer.start()
-    return timer
-
-
 def _run_async(
     groups: list[list[Any]],
     run_group: Callable[[list[Any]], None],
     running: Running,
-    timeout: float | None,
+    deadline: float | None,
     stop_early: Callable[[], bool],
 ) -> None:
     """Each group as an asyncio task, from inside SQLAlchemy's greenlet bridge."""
 
     async def gather() -> None:
         tasks = {asyncio.ensure_future(greenlet_spawn(run_group, group)) for group in groups}
-        deadline = None if timeout is None else time.monotonic() + timeout
         pending = tasks
         while pending:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -286,7 +268,13 @@ def _run_async(
             )
             timed_out = deadline is not None and time.monotonic() >= deadline
             if pending and (timed_out or stop_early()):
-                await greenlet_spawn(running.cancel, timed_out=timed_out)
+                running.cancel(timed_out=timed_out)  # the watchdog may have done it already
+                # a cancel of an asyncio driver needs a connection of its own, from the
+                # loop; one to a server that stopped answering may hang: bounded
+                with contextlib.suppress(Exception, asyncio.TimeoutError):
+                    await asyncio.wait_for(
+                        greenlet_spawn(running.cancel_async), CANCEL_TIMEOUT_SECONDS
+                    )
                 _, pending = await asyncio.wait(pending, timeout=_CANCEL_GRACE_SECONDS)
                 for task in pending:  # the database did not stop it: the last resort
                     task.cancel()
@@ -299,7 +287,7 @@ def _run_async(
             if error is not None and not isinstance(error, Exception | asyncio.CancelledError):
                 raise error
 
-    if len(groups) == 1 and timeout is None:
+    if len(groups) == 1 and deadline is None:
         run_group(groups[0])
         return
     await_only(gather())

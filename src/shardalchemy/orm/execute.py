@@ -13,6 +13,7 @@ from sqlalchemy.sql.selectable import TextualSelect
 from .._sqlalchemy import elements, orm_execute, selects, sessions
 from .._sqlalchemy.results import concatenated, merged_result, processed_rows, rows_with_columns
 from ..errors import CrossShardQueryError, RoutingError, ScatterQueryError
+from ..execution.deadlines import run_on_one_shard
 from ..execution.fan_out import Outcome, fan_out
 from ..planning.in_lists import (
     SMALLEST_BIND_LIMIT,
@@ -90,7 +91,7 @@ def execute_on_shards(orm_context: ORMExecuteState) -> Any:
             # as below, without building a Route that nobody reads
             orm_context.bind_arguments["shard_id"] = shard
             orm_context.update_execution_options(identity_token=shard)
-            return None
+            return _within_deadline(session, orm_context, shard)
         chosen = session.execute_chooser(orm_context)
         if isinstance(chosen, Route):
             route = chosen  # the router's shards come from the shard map
@@ -119,9 +120,18 @@ def execute_on_shards(orm_context: ORMExecuteState) -> Any:
         # that shard, rather than running the statement again nested
         orm_context.bind_arguments["shard_id"] = route.shards[0]
         orm_context.update_execution_options(identity_token=route.shards[0])
-        return None
+        return _within_deadline(session, orm_context, route.shards[0])
 
     return _run_on_shards(session, orm_context, route, batches)
+
+
+def _within_deadline(session: ShardedSession, orm_context: ORMExecuteState, shard: Any) -> Any:
+    """``None`` (the session goes on with this execution on ``shard``), or, with a
+    ``shard_timeout``, the statement run on ``shard`` within it (``execution.deadlines``)."""
+    timeout = session._fan_out_settings(orm_context.execution_options).timeout
+    if timeout is None:
+        return None
+    return run_on_one_shard(session, shard, timeout, orm_context.invoke_statement)
 
 
 def _in_list_batches(
@@ -221,7 +231,6 @@ def _run_on_shards(
             timeout=settings.timeout,
             allow_partial=settings.allow_partial,
             concurrency=settings.concurrency if orm_context.is_select else 1,
-            pool_owner=session.shard_map if session.shard_map is not None else session,
         )
         results = [outcome.results[shard] for shard in shards if shard in outcome.results]
         if batches is not None:  # each shard's statements, one result each
