@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import and_, inspect, select, tuple_
+from sqlalchemy import and_, bindparam, inspect, select, tuple_
 from sqlalchemy.orm import Mapper
 
 from .._sqlalchemy import elements, sessions
@@ -231,8 +231,17 @@ class ParentShards:
         return self.session.place(inspect(parent)).shards[0] if parent is not None else None
 
     def pending_parent(self, values: tuple[Any, ...]) -> Any | None:
-        """A parent added and not flushed yet whose referenced columns hold ``values``."""
+        """A parent added and not flushed yet whose referenced columns hold ``values``.
+
+        Compared as the database will compare them once both are stored: by
+        canonical form (``"7"`` finds the pending parent whose key is ``7``).
+        The parent holding exactly ``values`` wins; else the one parent whose
+        canonical form is theirs (several: none, the caller looks further).
+        """
         parent_mapper = self.rule.relationship.mapper
+        forms = _forms(self.session, self.remotes, parent_mapper.class_.__name__, stored=True)
+        wanted = _canonical_key(forms, values)
+        by_form: list[Any] = []
         for obj in self.session.new:
             state = inspect(obj)
             if not state.mapper.isa(parent_mapper):
@@ -243,7 +252,9 @@ class ParentShards:
             )
             if held == values:
                 return obj
-        return None
+            if wanted is not None and _canonical_key(forms, held) == wanted:
+                by_form.append(obj)
+        return by_form[0] if len(by_form) == 1 else None
 
     def _stored_parent(self, values: tuple[Any, ...]) -> Any:
         rule = self.rule
@@ -266,6 +277,42 @@ class ParentShards:
                 relationship=rule.relationship.key,
             )
         return inspect(parent).key[2]
+
+
+def _forms(
+    session: WritingSession, columns: Sequence[Any], name: str, *, stored: bool
+) -> list[Callable[[Any], Any] | None]:
+    """Each column's canonical form: of the values it stores, or of those it is compared with.
+
+    ``None`` for a column whose type has none: its values are compared as they are.
+    """
+    assert session.rules is not None
+    found: list[Callable[[Any], Any] | None] = []
+    for column in columns:
+        form = session.rules.canonical_form(column, name)
+        found.append(None if form is None else form.stored if stored else form.compared)
+    return found
+
+
+def _canonical_key(
+    forms: Sequence[Callable[[Any], Any] | None], values: tuple[Any, ...]
+) -> tuple[Any, ...] | None:
+    """``values`` in canonical form (as given where a column has no form); ``None``: not known."""
+    canonical = []
+    for form, value in zip(forms, values, strict=True):
+        if form is None or value is None:
+            canonical.append(value)
+            continue
+        try:
+            canonical.append(form(value))
+        except Exception:  # a ShardKeyError, or a TypeDecorator that fails: not known
+            return None
+    key = tuple(canonical)
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
 
 
 class UpdateRouter:
@@ -383,21 +430,70 @@ class UpdateRouter:
         return next(iter(tokens)) if tokens is not None and len(tokens) == 1 else None
 
     def _locate(self, keys: list[tuple[Any, ...]]) -> dict[tuple[Any, ...], Any]:
-        """Ask each shard which of ``keys`` it holds."""
+        """Ask each shard which of ``keys`` it holds: caller's key -> the shards holding it.
+
+        The database returns a key as it stores it (``'alice'`` for ``'Alice '``
+        under a case-insensitive collation, ``7`` for ``"7"``), so rows are
+        matched to the keys asked by canonical form.  The database calls two
+        values equal only when their forms are equal, so a row of one query
+        matches the one key asked with its form; keys whose form is not known,
+        or shared with another key asked (equal to it under the collation, or
+        not), are asked one at a time, and the database matches them itself.
+        """
         session = self.session
+        forms = _forms(session, self.columns, self.name, stored=False)
+        exact_forms = all(form is not None for form in forms)
+        by_form: dict[Any, list[tuple[Any, ...]]] = {}
+        alone: list[tuple[Any, ...]] = []
+        for key in dict.fromkeys(keys):
+            form = _canonical_key(forms, key)
+            if form is None:
+                alone.append(key)
+            else:
+                by_form.setdefault(form, []).append(key)
+        batched = {form: ks[0] for form, ks in by_form.items() if len(ks) == 1}
+        alone += [key for ks in by_form.values() if len(ks) > 1 for key in ks]
         found: dict[tuple[Any, ...], list[Any]] = {}
-        distinct = list(dict.fromkeys(keys))
         target = self.columns[0] if len(self.columns) == 1 else tuple_(*self.columns)
-        for shard in session.shard_names:
-            for start in range(0, len(distinct), 1000):
-                chunk = distinct[start : start + 1000]
-                values = [key[0] for key in chunk] if len(self.columns) == 1 else chunk
-                statement = (
-                    select(*self.columns).where(target.in_(values)).options(set_shard_id(shard))
-                )
+        asked = list(batched.items())
+        for start in range(0, len(asked), 1000):
+            chunk = dict(asked[start : start + 1000])
+            if len(self.columns) == 1:
+                # bound as the column's type, as the UPDATE binds the key (and get() does)
+                (column,) = self.columns
+                values = [key[0] for key in chunk.values()]
+                criteria = column.in_(bindparam("keys", values, expanding=True, type_=column.type))
+            else:
+                criteria = target.in_(list(chunk.values()))
+            matched: dict[tuple[Any, ...], list[Any]] = {}
+            unmatched_row = False
+            for shard in session.shard_names:
+                statement = select(*self.columns).where(criteria).options(set_shard_id(shard))
                 with session.no_autoflush:
                     for row in session.execute(statement):
-                        found.setdefault(tuple(row), []).append(shard)
+                        key = chunk.get(_canonical_key(forms, tuple(row)))
+                        if key is None:
+                            unmatched_row = True  # a stored form not known: ask one by one
+                        elif shard not in matched.setdefault(key, []):
+                            matched[key].append(shard)
+            if unmatched_row:
+                alone += chunk.values()
+                continue
+            found.update(matched)
+            if not exact_forms:  # matched by the value as given: a miss is not proof
+                alone += [key for key in chunk.values() if key not in matched]
+        for key in alone:
+            criteria = and_(
+                *(
+                    column == bindparam(None, value, type_=column.type)
+                    for column, value in zip(self.columns, key, strict=True)
+                )
+            )
+            for shard in session.shard_names:
+                statement = select(*self.columns).where(criteria).options(set_shard_id(shard))
+                with session.no_autoflush:
+                    if session.execute(statement.limit(1)).first() is not None:
+                        found.setdefault(key, []).append(shard)
         return found
 
     def _refuse_move(self, index: int, row: Mapping[str, Any], shard: Any) -> None:
