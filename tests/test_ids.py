@@ -54,6 +54,15 @@ ASYNC_DRIVERS = {
 }
 
 
+SERVERS_ONLY = pytest.mark.parametrize(
+    "server",
+    [
+        pytest.param("postgresql", marks=pytest.mark.postgresql),
+        pytest.param("mariadb", marks=pytest.mark.mariadb),
+    ],
+)
+
+
 def async_url(url: URL) -> URL:
     return url.set(drivername=ASYNC_DRIVERS[url.get_backend_name()])
 
@@ -62,8 +71,8 @@ def async_url(url: URL) -> URL:
 class Setup:
     """Two shards in the ``tables`` placement, and where the ID tables live.
 
-    On the servers the ID tables live on the designated shard ``asia``; on SQLite, whose
-    shards in one file share a connection per thread, in a file of their own.
+    On the servers the ID tables live on the designated shard ``asia``; on SQLite, which lets
+    one connection at a time write a file, in a file of their own.
     """
 
     backend: str
@@ -207,9 +216,11 @@ def test_hilo_async_next_id_orm_and_core(setup: Setup) -> None:
     assert sorted(ids) == [4, 5, 6]
 
 
+@SERVERS_ONLY  # a shard's SQLite file holds no ID tables (see test_sqlite_store_in_...)
 def test_hilo_missing_table_names_sequence_and_shard(
-    make_database: Callable[[str], URL], backend: str
+    make_database: Callable[[str], URL], server: str
 ) -> None:
+    backend = server
     url = make_database(backend)
     shard_map = ShardMap.databases({"main": url, "other": make_database(backend)})
     sequence = HiLoSequence("orders", shard_map.bind("main"), block_size=10)
@@ -283,10 +294,16 @@ def test_failed_worker_lease_writes_nothing(setup: Setup) -> None:
     assert rows_on(setup, "asia") == [] and rows_on(setup, "europe") == []
 
 
-def test_sqlite_store_sharing_the_shards_connection_is_refused(tmp_path: Any) -> None:
+def test_sqlite_store_in_the_shards_file_is_refused(tmp_path: Any) -> None:
+    # SQLite lets one connection at a time write a file: a lease in its own transaction
+    # would wait on the session's own writes to that shard
     shard_map = ShardMap.tables(f"sqlite:///{tmp_path}/shards.db", SHARDS)
     with pytest.raises(IdConfigurationError, match="their own SQLite file"):
         HiLoSequence("orders", shard_map.bind("asia"))
+    own_files = ShardMap.databases({shard: f"sqlite:///{tmp_path}/{shard}.db" for shard in SHARDS})
+    with pytest.raises(IdConfigurationError, match="is a shard's"):
+        ShardAwareIdGenerator(own_files.bind("asia"), SHARDS)
+    own_files.dispose()
     with pytest.raises(IdConfigurationError, match="in-memory SQLite"):
         ShardAwareIdGenerator("sqlite://", SHARDS)
     with pytest.raises(IdConfigurationError, match="block_size must be an int >= 1"):
@@ -476,9 +493,11 @@ def test_renewal_failure_past_expiry_stops_issuing(setup: Setup) -> None:
     ids._stop_renewing.set()
 
 
+@SERVERS_ONLY  # a shard's SQLite file holds no ID tables (see test_sqlite_store_in_...)
 def test_missing_worker_table_names_generator_and_shard(
-    make_database: Callable[[str], URL], backend: str
+    make_database: Callable[[str], URL], server: str
 ) -> None:
+    backend = server
     shard_map = ShardMap.databases({"ids": make_database(backend)})
     ids = ShardAwareIdGenerator(shard_map.bind("ids"), ["a"], name="orders")
     with pytest.raises(WorkerLeaseError) as caught:

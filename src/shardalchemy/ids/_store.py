@@ -98,16 +98,19 @@ class Store:
             raise IdConfigurationError(
                 f"{what}: expected an Engine, AsyncEngine or database URL, got {bind!r}"
             )
-        if engine.dialect.name == "sqlite" and isinstance(
-            engine.pool, SingletonThreadPool | StaticPool
+        if engine.dialect.name == "sqlite" and (
+            SHARD_OPTION in engine.get_execution_options()
+            or isinstance(engine.pool, SingletonThreadPool | StaticPool)
         ):
-            # These pools hand every checkout in a thread the same connection, so
-            # a "separate" lease transaction would commit the caller's open one.
+            # SQLite lets one connection at a time write a file: a lease in its own
+            # transaction would wait on the caller's own writes to the shards' file
+            # (and these pools would even hand it the caller's connection, so its
+            # commit would commit the caller's open transaction)
             raise IdConfigurationError(
-                f"{what}: the SQLite engine {self._render(engine)} shares one connection "
-                f"per thread (as a shard map's SQLite shards in one file do), so an ID "
-                f"lease could not run in its own transaction; give the ID tables their own "
-                f"SQLite file, e.g. sqlite:///ids.db"
+                f"{what}: the SQLite engine {self._render(engine)} is a shard's (or shares "
+                f"one connection per thread), and SQLite lets one connection at a time "
+                f"write a file, so an ID lease could not run in its own transaction; give "
+                f"the ID tables their own SQLite file, e.g. sqlite:///ids.db"
             )
         self.engine = engine
         self.is_async = bool(engine.dialect.is_async)

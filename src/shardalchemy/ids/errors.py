@@ -184,7 +184,8 @@ class WorkerLeaseError(IdGeneratorError):
 class IdConfigurationError(IdGeneratorError):
     """An ID generator was given something it cannot use (a store, a shard, a name).
 
-    Example (the doctests' shards share one SQLite file, so one connection per thread):
+    Example (the doctests' shards are SQLite tables in one file, which one connection at a time
+    may write):
 
     >>> from shardalchemy.ids import HiLoSequence
     >>> HiLoSequence("orders", shard_map.bind("asia"))

@@ -33,7 +33,7 @@ from sqlalchemy.ext.horizontal_shard import ShardedQuery
 from sqlalchemy.orm import Mapper, ORMExecuteState
 from sqlalchemy.orm.state import InstanceState
 
-from .._sqlalchemy import selects, sessions
+from .._sqlalchemy import engines, selects, sessions
 from ..errors import CrossShardQueryError, RoutingError, ShardMapError, UnknownShardError
 from ..execution.probing import database_facts, dialect_facts
 from ..options import FanOutOptions
@@ -114,7 +114,9 @@ class ShardedSession(sessions.SessionHooks):
             raise exc.ArgumentError(
                 "ShardedSession needs shard_map=..., or shard_chooser=... and shards=..."
             )
-        self._shard_names: tuple[Any, ...] = tuple(shards or {})
+        # shards in one database: one connection (one transaction) for this session
+        shards = engines.one_connection_per_database(shards or {})
+        self._shard_names: tuple[Any, ...] = tuple(shards)
         self._binds_by_shard: dict[Any, Any] = {}  # filled by bind_shard()
         super().__init__(
             shard_chooser,

@@ -43,7 +43,6 @@ from typing import Any, ClassVar
 
 from sqlalchemy import MetaData, create_engine, event, inspect
 from sqlalchemy.engine import URL, Connection, Engine, make_url
-from sqlalchemy.pool import SingletonThreadPool, StaticPool
 from sqlalchemy.schema import CreateSchema
 
 from .._sqlalchemy import drivers
@@ -59,9 +58,7 @@ from .naming import physical_table_name, shard_renamer
 PLACEMENTS = ("database", "schema", "tables")
 
 
-def _engine_for(
-    url_or_engine: str | URL | Engine, shared_file: bool, options: dict[str, Any]
-) -> Engine:
+def _engine_for(url_or_engine: str | URL | Engine, options: dict[str, Any]) -> Engine:
     """Build an engine (sync, or the sync facade of an async one)."""
     if isinstance(url_or_engine, Engine):
         return url_or_engine
@@ -69,13 +66,11 @@ def _engine_for(
         url = make_url(url_or_engine)
     except Exception as error:  # SQLAlchemy raises ArgumentError for a bad URL
         raise ShardMapError(f"invalid database URL {url_or_engine!r}: {error}") from None
-    options = dict(options)
-    is_async = url.get_dialect().is_async
-    if shared_file and url.get_backend_name() == "sqlite":
-        # every shard in this file shares one connection (per thread; for
-        # asyncio, where everything runs on the event loop's thread, one)
-        options.setdefault("poolclass", StaticPool if is_async else SingletonThreadPool)
-    if is_async:
+    # SQLAlchemy's own pools: a queue of connections for a file or a server, one
+    # connection per thread (asyncio: one) for an in-memory SQLite database,
+    # where every connection would be a database of its own.  A session's
+    # shards in one database share one of its connections (see _sqlalchemy/engines.py).
+    if url.get_dialect().is_async:
         from sqlalchemy.ext.asyncio import create_async_engine
 
         return create_async_engine(url, **options).sync_engine
@@ -440,7 +435,7 @@ class DatabaseShardMap(ShardMap):
         _refuse_shared_databases(self._targets)
 
     def _make_bind(self, shard: str) -> Engine:
-        engine = _engine_for(self._targets[shard], False, self._engine_options)
+        engine = _engine_for(self._targets[shard], self._engine_options)
         return engine.execution_options(**{SHARD_OPTION: shard})
 
     def create_all(self, metadata: MetaData) -> None:
@@ -486,7 +481,7 @@ class _OneDatabaseShardMap(ShardMap):
         if self._engine is None:
             with self._lock:
                 if self._engine is None:
-                    engine = _engine_for(self._database_url, True, self._engine_options)
+                    engine = _engine_for(self._database_url, self._engine_options)
                     self._setup_engine(engine)
                     self._engine = engine
         return self._engine
