@@ -28,10 +28,11 @@ Every table of a sharded model exists once per shard.  In the ``tables``
 placement other tables exist once in the database; in the ``schema`` and
 ``database`` placements every shard has its own copy of every table.
 
-On SQLite, shards that share one database file (``tables`` and ``schema``
-placements) also share one connection per thread, so a session writing to
-several of them works inside one SQLite transaction instead of waiting on
-the file's write lock.
+A session's shards that live in one database (the ``tables`` and ``schema``
+placements) share one connection of that session, so a session writing to
+several of them works inside one transaction of that database (one SQLite
+transaction, not a wait on the file's write lock), and two sessions are as
+isolated as two connections are.
 """
 
 from __future__ import annotations
