@@ -22,7 +22,6 @@ change nothing but the pool.
 from __future__ import annotations
 
 import threading
-import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -82,45 +81,58 @@ def one_connection_per_database(binds: Mapping[Any, Any]) -> dict[Any, Any]:
     database of its own: SQLAlchemy's pool gives each thread one, which every
     session of that thread shares.
 
-    Costs ~1 us per shard (a copy of the bind), none for a shard of its own.
+    Costs ~1 us per shard of a shared database (a copy of its bind's template).
     """
+    key = tuple(binds.items())
+    plan = _plans.get(key)
+    if plan is None:
+        plan = _plan(binds)
+        with _lock:
+            if len(_plans) >= _PLANS_KEPT:
+                _plans.pop(next(iter(_plans)))
+            _plans[key] = plan
+    if not plan:
+        return dict(binds)
+    chosen = dict(binds)
+    for engine, templates in plan:
+        shared = SessionPool(engine.pool)
+        for shard, template in templates:
+            copy = SessionEngine.__new__(SessionEngine)
+            copy.__dict__.update(template.__dict__)
+            copy._session_pool = shared
+            chosen[shard] = copy
+    return chosen
+
+
+# The grouping of a set of binds, and one SessionEngine per shard bind to copy for each
+# session: building an OptionEngine costs ~11 us (a logger, a joined event dispatch),
+# copying its attributes ~1 us.  Copies share the template's event dispatch, i.e. the
+# listeners of the bind's engine, as execution_options() copies do.  Bounded: a process
+# that builds shard maps over and over keeps the last few.
+_Plan = list[tuple[Engine, list[tuple[Any, "SessionEngine"]]]]
+_plans: dict[tuple[Any, ...], _Plan] = {}
+_PLANS_KEPT = 64
+_lock = threading.Lock()
+
+
+def _plan(binds: Mapping[Any, Any]) -> _Plan:
     by_engine: dict[int, list[Any]] = {}
     for shard, bind in binds.items():
         if isinstance(bind, Engine):
             by_engine.setdefault(id(engine_of(bind)), []).append(shard)
-    chosen = dict(binds)
+    plan: _Plan = []
     for shards in by_engine.values():
         engine = engine_of(binds[shards[0]])
         if len(shards) < 2 or _connection_is_database(engine):
             continue
-        shared = SessionPool(engine.pool)
+        templates = []
         for shard in shards:
-            chosen[shard] = _session_copy(binds[shard], shared)
-    return chosen
+            template = SessionEngine(binds[shard], {})
+            template._session_pool = None
+            templates.append((shard, template))
+        plan.append((engine, templates))
+    return plan
 
 
 def _connection_is_database(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite" and engine.url.database in (None, "", ":memory:")
-
-
-# One SessionEngine per shard bind, copied for each session: building an
-# OptionEngine costs ~11 us (a logger, a joined event dispatch), copying its
-# attributes ~1 us.  Copies share the template's event dispatch, i.e. the
-# listeners of the bind's engine, as execution_options() copies do.
-_templates: weakref.WeakKeyDictionary[Engine, SessionEngine] = weakref.WeakKeyDictionary()
-_templates_lock = threading.Lock()
-
-
-def _session_copy(bind: Engine, pool: SessionPool) -> SessionEngine:
-    template = _templates.get(bind)
-    if template is None:
-        with _templates_lock:
-            template = _templates.get(bind)
-            if template is None:
-                template = SessionEngine(bind, {})
-                template._session_pool = None
-                _templates[bind] = template
-    copy = SessionEngine.__new__(SessionEngine)
-    copy.__dict__.update(template.__dict__)
-    copy._session_pool = pool
-    return copy
