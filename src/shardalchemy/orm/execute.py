@@ -16,6 +16,7 @@ from ..errors import CrossShardQueryError, RoutingError, ScatterQueryError
 from ..execution.deadlines import run_on_one_shard
 from ..execution.fan_out import Outcome, fan_out
 from ..planning.in_lists import (
+    COMPILED_BINDS,
     SMALLEST_BIND_LIMIT,
     InListBatches,
     bind_limit,
@@ -144,13 +145,14 @@ def _in_list_batches(
     """
     in_list = route.in_list
     limit = orm_context.execution_options.get("bind_limit")
-    backend = "the execution option bind_limit"
+    backend, reserve = "the execution option bind_limit", 0
     if limit is None:
         count = in_list.bind_count()
         if len(route.shards) == 1 and (count is None or count <= SMALLEST_BIND_LIMIT):
             return None  # within every database's limit: no need to ask which
         limit, backend = min(_bind_limit(session, shard) for shard in route.shards)
-    return in_list_batches(in_list, route.shards, int(limit), backend)
+        reserve = COMPILED_BINDS
+    return in_list_batches(in_list, route.shards, int(limit), backend, reserve)
 
 
 _bind_limits: weakref.WeakKeyDictionary[Any, tuple[int, str]] = weakref.WeakKeyDictionary()

@@ -66,6 +66,10 @@ DEFAULT_BIND_LIMIT = 65_535
 SMALLEST_BIND_LIMIT = 999
 """No supported database refuses a statement of this many binds (SQLite before 3.32)."""
 
+COMPILED_BINDS = 16
+"""Binds kept free for what a dialect adds as it compiles (SQLite's ``LIMIT ? OFFSET ?``
+sends an OFFSET of 0 the statement does not hold), under a database's own limit."""
+
 
 def bind_limit(dialect: str, driver: str, sqlite_limit: int | None = None) -> int:
     """The binds one statement may carry on ``dialect`` through ``driver``.
@@ -115,9 +119,15 @@ class InListBatches:
 
 
 def in_list_batches(
-    in_list: InList, shards: Sequence[ShardName], limit: int, backend: str
+    in_list: InList,
+    shards: Sequence[ShardName],
+    limit: int,
+    backend: str,
+    reserve: int = 0,
 ) -> InListBatches | None:
     """The statements of a statement with ``in_list`` on ``shards``, ``limit`` binds each.
+
+    ``reserve`` binds of each statement are kept free (:data:`COMPILED_BINDS`).
 
     ``None``: run the statement as it is (one shard, within the limit; or
     values not known here).  Raises :class:`~shardalchemy.CrossShardQueryError`
@@ -126,16 +136,16 @@ def in_list_batches(
     count = in_list.bind_count()
     if count is None:
         return None  # values given under another name: the database will tell
-    if len(shards) == 1 and count <= limit:
+    if len(shards) == 1 and count + reserve <= limit:
         return None
     if not in_list.splittable:
-        if count > limit:
+        if count + reserve > limit:
             raise _past_the_limit(count, limit, backend, in_list.why_not)
         return None
     split = in_list.by_shard(shards)
     values = in_list.values()
     if split is None or values is None:
-        if count > limit:
+        if count + reserve > limit:
             raise _past_the_limit(
                 count,
                 limit,
@@ -144,7 +154,7 @@ def in_list_batches(
                 "rows on any shard and its list cannot be cut",
             )
         return None
-    capacity = limit - (count - len(values))
+    capacity = limit - reserve - (count - len(values))
     batches: dict[ShardName, tuple[list[Any], ...]] = {}
     for shard in shards:
         groups = split.get(shard, [])
