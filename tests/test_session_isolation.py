@@ -305,3 +305,42 @@ def test_two_async_sessions_on_one_file_are_isolated(tmp_path: Path) -> None:
         return stored
 
     assert asyncio.run(scenario()) == [2]
+
+
+# -- streams of several shards on the session's one connection --------------------------
+
+
+@pytest.mark.parametrize(
+    "server",
+    [
+        pytest.param("mariadb", marks=pytest.mark.mariadb),
+        pytest.param("postgresql", marks=pytest.mark.postgresql),
+    ],
+)
+@pytest.mark.parametrize("merge", ["merge", "concatenate"])
+def test_streamed_shards_of_one_database_lose_no_row(
+    make_database: Callable[[str], URL], server: str, merge: str
+) -> None:
+    # MariaDB holds one unread server-side result per connection: the shards' streams on
+    # the session's one connection are read whole instead of losing each other's rows
+    shard_map = ShardMap.tables(make_database(server), SHARDS)
+    shard_map.create_all(Base.metadata)
+    Session = shard_map.sessionmaker(cross_shard=merge)
+    with Session() as session:
+        session.add_all(Item(id=n, region=SHARDS[n % 2]) for n in range(300))
+        session.commit()
+    with Session() as session:
+        statement = select(Item).order_by(Item.id).execution_options(yield_per=7)
+        objects = [item.id for item in session.scalars(statement)]
+        core = [
+            row.id
+            for row in session.execute(
+                select(Item.__table__.c.id).order_by(Item.__table__.c.id),
+                execution_options={"stream_results": True, "max_row_buffer": 5},
+            )
+        ]
+    expected = list(range(300))
+    assert sorted(objects) == expected and sorted(core) == expected
+    if merge == "merge":
+        assert objects == expected and core == expected
+    shard_map.dispose()

@@ -136,3 +136,8 @@ def _plan(binds: Mapping[Any, Any]) -> _Plan:
 
 def _connection_is_database(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite" and engine.url.database in (None, "", ":memory:")
+
+
+def connection_group(bind: Any) -> Any:
+    """What identifies the connection a session's ``bind`` runs on (shared binds: one)."""
+    return bind._session_pool if isinstance(bind, SessionEngine) else bind

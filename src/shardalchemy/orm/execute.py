@@ -10,7 +10,7 @@ from sqlalchemy.orm import ORMExecuteState
 from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.sql.selectable import TextualSelect
 
-from .._sqlalchemy import elements, orm_execute, selects, sessions
+from .._sqlalchemy import elements, engines, orm_execute, selects, sessions
 from .._sqlalchemy.results import concatenated, merged_result, processed_rows, rows_with_columns
 from ..errors import CrossShardQueryError, RoutingError, ScatterQueryError
 from ..execution.deadlines import run_on_one_shard
@@ -210,21 +210,27 @@ def _run_on_shards(
             if len(shards) == 1 and batches is not None:
                 raise refuse_batched(error, batches) from error
             raise
-        if plan.fallback is not None and options.get("prebuffer_rows"):
-            plan = plan.fallback  # AsyncSession loads the rows before they could be read
+    buffered = _streams_would_share_a_cursor(session, orm_context, shards, batches)
+    if (
+        plan is not None
+        and plan.fallback is not None
+        and (buffered or options.get("prebuffer_rows"))
+    ):
+        plan = plan.fallback  # the rows are loaded before they could be read
 
     def run_everywhere(statement: Any) -> tuple[list[Any], Outcome]:
         def run_on(shard: Any) -> Any:
             if batches is not None:
                 return [
-                    _run_batch(orm_context, statement, shard, batches, values)
+                    _run_batch(orm_context, statement, shard, batches, values, buffered)
                     for values in batches.batches[shard]
                 ]
-            return orm_context.invoke_statement(
+            result = orm_context.invoke_statement(
                 statement=statement,
                 bind_arguments={"shard_id": shard},
-                execution_options={"identity_token": shard},
+                execution_options=_BUFFERED[shard] if buffered else {"identity_token": shard},
             )
+            return _read_whole(result) if buffered else result
 
         outcome = fan_out(
             session,
@@ -265,22 +271,78 @@ def _run_batch(
     shard: Any,
     batches: InListBatches,
     values: list[Any],
+    buffered: bool = False,
 ) -> Any:
     """``statement`` (``None``: the user's) on ``shard`` with the IN list's ``values``."""
-    options = {"identity_token": shard}
+    options = _BUFFERED[shard] if buffered else {"identity_token": shard}
     if batches.given:  # the values are the execution's parameter: override it
-        return orm_context.invoke_statement(
+        result = orm_context.invoke_statement(
             statement=statement,
             params={batches.bind_key: values},
             bind_arguments={"shard_id": shard},
             execution_options=options,
         )
-    base = statement if statement is not None else orm_context.statement
-    return orm_context.invoke_statement(
-        statement=elements.with_bind_value(base, batches.bind_key, values),
-        bind_arguments={"shard_id": shard},
-        execution_options=options,
-    )
+    else:
+        base = statement if statement is not None else orm_context.statement
+        result = orm_context.invoke_statement(
+            statement=elements.with_bind_value(base, batches.bind_key, values),
+            bind_arguments={"shard_id": shard},
+            execution_options=options,
+        )
+    return _read_whole(result) if buffered else result
+
+
+class _BufferedOptions(dict[Any, Any]):
+    """``identity_token`` and ``prebuffer_rows`` execution options, made once per shard."""
+
+    def __missing__(self, shard: Any) -> dict[str, Any]:
+        options = self[shard] = {"identity_token": shard, "prebuffer_rows": True}
+        return options
+
+
+_BUFFERED = _BufferedOptions()
+
+# backends whose connection holds one unread server-side result at a time: running
+# a second statement on it reads (PyMySQL) or drops the rest of the first
+_ONE_OPEN_RESULT_PER_CONNECTION = frozenset({"mysql", "mariadb"})
+
+
+def _streams_would_share_a_cursor(
+    session: ShardedSession,
+    orm_context: ORMExecuteState,
+    shards: tuple[Any, ...],
+    batches: InListBatches | None,
+) -> bool:
+    """Whether a streamed statement's results would be open at once on one MySQL connection.
+
+    A session's shards in one database share one connection; each shard's (and
+    each IN batch's) result is one stream the merge keeps open.  On MariaDB and
+    MySQL a server-side cursor (``stream_results``, ``yield_per``) must then be
+    read whole before the next statement, else the driver discards its unread
+    rows.  Those results are buffered instead: the same rows, in memory.
+    """
+    options = orm_context.execution_options
+    if not (options.get("stream_results") or options.get("yield_per")):
+        return False
+    if orm_context.bind_mapper is None and not orm_context.is_select:
+        return False
+    streams: dict[Any, int] = {}
+    for shard in shards:
+        bind = session.get_bind(shard_id=shard)
+        if bind.dialect.name not in _ONE_OPEN_RESULT_PER_CONNECTION:
+            continue
+        group = engines.connection_group(bind)
+        streams[group] = streams.get(group, 0) + (
+            1 if batches is None else len(batches.batches[shard])
+        )
+    return any(count > 1 for count in streams.values())
+
+
+def _read_whole(result: Any) -> Any:
+    """A result of a Core statement read whole (ORM results were, by ``prebuffer_rows``)."""
+    if getattr(result, "cursor", None) is None:  # an ORM result, already buffered
+        return result
+    return result.freeze()()
 
 
 def _rows_of(result: Any, row_columns: tuple[Any, ...]) -> Any:
