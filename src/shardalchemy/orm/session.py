@@ -114,9 +114,11 @@ class ShardedSession(sessions.SessionHooks):
             raise exc.ArgumentError(
                 "ShardedSession needs shard_map=..., or shard_chooser=... and shards=..."
             )
-        # shards in one database: one connection (one transaction) for this session
-        shards = engines.one_connection_per_database(shards or {})
-        self._shard_names: tuple[Any, ...] = tuple(shards)
+        # shards in one database: one connection (one transaction) for this session;
+        # SQLAlchemy's twophase=True prepares each connection's transaction on its own
+        if not kwargs.get("twophase"):
+            shards = engines.one_connection_per_database(shards or {})
+        self._shard_names: tuple[Any, ...] = tuple(shards or {})
         self._binds_by_shard: dict[Any, Any] = {}  # filled by bind_shard()
         super().__init__(
             shard_chooser,
