@@ -18,8 +18,14 @@ model, the attribute, the value and the shard involved, and say what to do::
     │   └── ScatterQueryError      a scatter refused in no-scatter mode
     ├── CrossShardQueryError       a construct no plan answers exactly
     ├── BulkWriteError             a row a bulk write's database refused
-    └── ShardQueryError            a statement failed on a shard
-        └── ShardTimeoutError      ... or did not answer in time
+    └── ShardQueryError            a statement failed on a shard (.retryable)
+        └── ShardTimeoutError      ... or did not answer in time (always retryable)
+
+Transient failures are distinguishable from permanent ones: a lock wait, a
+deadlock, a timeout or a lost connection raises :class:`ShardQueryError` with
+``retryable`` true (the same work, in a new transaction, may succeed), never a
+:class:`BulkWriteError`, which is kept for a row the database refused on its
+merits (a constraint, a type) and is not retried as it is.
 
 Example:
 
@@ -215,12 +221,22 @@ class CrossShardQueryError(ShardingError):
 
 
 class ShardQueryError(ShardingError):
-    """A statement failed on one or more shards of a multi-shard execution.
+    """A statement failed on one or more shards of a multi-shard execution or a bulk write.
 
     ``shard`` is the first shard that failed, ``failures`` maps every failed
     shard to its exception (the database's error, or :class:`ShardTimeoutError`)
     and the first one is chained as ``__cause__``.  The other shards' work was
     cancelled and nothing the statement wrote remains.
+
+    ``retryable`` is true when that cause is transient (a lock wait or
+    deadlock, a serialization failure, a statement timeout, a lost connection,
+    a server shutting down), so that the same work may succeed when tried
+    again, and false for a permanent failure (a missing table, a privilege).
+    Retry the whole transaction: after some transient failures the server has
+    rolled back more than the statement.  When the connection to the shard was
+    lost, the session's transaction cannot go on: call ``session.rollback()``
+    before using the session again (SQLAlchemy raises ``PendingRollbackError``
+    until then).
 
     Example (a shard whose table is missing):
 
@@ -229,18 +245,53 @@ class ShardQueryError(ShardingError):
     >>> try:
     ...     session.execute(select(Report), execution_options={"shard_timeout": 2.0})
     ... except shardalchemy.ShardQueryError as error:
-    ...     print(error.shard, sorted(error.failures))
-    europe ['europe']
+    ...     print(error.shard, sorted(error.failures), error.retryable)
+    europe ['europe'] False
     """
 
-    def __init__(self, message: str, *, shard: Any, failures: dict[Any, BaseException]) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        shard: Any,
+        failures: dict[Any, BaseException],
+        retryable: bool | None = None,
+    ) -> None:
         self.shard = shard
         self.failures = failures
+        self._retryable = retryable
         super().__init__(message)
+
+    @property
+    def retryable(self) -> bool:
+        """Whether the failure is transient: the same work, tried again, may succeed.
+
+        Given to the constructor, or else read from the error chained as
+        ``__cause__`` (``raise ShardQueryError(...) from error``).
+        """
+        if self._retryable is not None:
+            return self._retryable
+        cause = self.__cause__
+        if cause is None:
+            return False
+        if isinstance(cause, ShardQueryError):
+            return cause.retryable
+        from ._sqlalchemy import failures
+
+        return failures.is_transient(cause)
 
 
 class ShardTimeoutError(ShardQueryError):
-    """A shard did not answer within the statement's ``shard_timeout``."""
+    """A shard did not answer within the statement's ``shard_timeout``.
+
+    Always ``retryable``: the shard may answer in time when it is less busy,
+    or with a longer ``shard_timeout``.
+    """
+
+    @property
+    def retryable(self) -> bool:
+        """Always true: a deadline missed is a failure of the moment."""
+        return True
 
 
 def cross_shard_refusal(construct: str, why: str) -> CrossShardQueryError:
