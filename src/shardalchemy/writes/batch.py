@@ -13,9 +13,9 @@ from sqlalchemy import exc
 from sqlalchemy.engine import IteratorResult
 from sqlalchemy.engine.result import SimpleResultMetaData
 
-from .._sqlalchemy import drivers
+from .._sqlalchemy import drivers, failures
 from .._sqlalchemy.results import yields_scalars
-from ..errors import BulkWriteError, RoutingError
+from ..errors import BulkWriteError, RoutingError, ShardQueryError
 from ..routing.route import Route
 from .protocol import WritingSession
 
@@ -104,6 +104,16 @@ class ShardWrites:
     database connection is opened through the same SQLAlchemy connection:
     savepoints on one database connection nest, and each SQLAlchemy connection
     numbers its own, so names stay unique.
+
+    A failure that is not about a row (a lock wait, a deadlock, a timeout, a
+    lost connection, a full disk: :func:`failures.blames_the_shard`) is never
+    searched for a row: it raises :class:`ShardQueryError` naming the shard,
+    ``retryable`` when transient.  Savepoints whose connection (or whose
+    transaction, as InnoDB's deadlock victim) is gone are not rolled back:
+    the server has undone them, and trying raises a second, misleading error;
+    their SQLAlchemy connection is invalidated instead, so the session
+    refuses to go on until it is rolled back, as SQLAlchemy does for one
+    database.
     """
 
     def __init__(
@@ -119,6 +129,8 @@ class ShardWrites:
         self.label = label
         self.run = run  # (shard, rows) -> Result; or passed to each write
         self.savepoints: dict[Any, Any] = {}  # database connection -> statement savepoint
+        self.shards_on: dict[Any, list[Any]] = {}  # database connection -> its shards
+        self.connections: dict[Any, Any] = {}  # shard -> the connection of its savepoints
         # RETURNING rows are kept to be put in the caller's order; without
         # RETURNING only the first result and the rowcounts are (memory stays
         # bounded however many batches an iterator of rows makes)
@@ -139,12 +151,30 @@ class ShardWrites:
         database_connection = connection.connection.dbapi_connection
         savepoint = self.savepoints.get(database_connection)
         if savepoint is None:
-            drivers.ensure_transaction_begun(connection)
-            savepoint = self.savepoints[database_connection] = connection.begin_nested()
+            with self._failing_on(shard):
+                drivers.ensure_transaction_begun(connection)
+                savepoint = connection.begin_nested()
+            self.savepoints[database_connection] = savepoint
+        self.connections[shard] = savepoint.connection
+        shards = self.shards_on.setdefault(database_connection, [])
+        if shard not in shards:
+            shards.append(shard)
         return savepoint.connection
 
+    @contextlib.contextmanager
+    def _failing_on(self, shard: Any) -> Iterator[None]:
+        """Within the block, a failure of ``shard`` itself raises :class:`ShardQueryError`."""
+        try:
+            yield
+        except exc.SQLAlchemyError as error:
+            if failures.blames_the_shard(error):
+                self._raise_for_shard(shard, error)
+            raise
+
     def _batch_savepoint(self, shard: Any) -> Any:
-        return self._savepoint_connection(shard).begin_nested()
+        connection = self._savepoint_connection(shard)
+        with self._failing_on(shard):
+            return connection.begin_nested()
 
     # -- writing ---------------------------------------------------------------
     def write(
@@ -194,19 +224,33 @@ class ShardWrites:
                 except exc.SQLAlchemyError as error:
                     outcomes[shard] = error
                     break  # the statement fails anyway: skip the other shards
-        # close the batch savepoints innermost first (they may share one connection)
-        failed = None
+        # close the batch savepoints innermost first (they may share one connection);
+        # closing one can fail too (a connection killed just after its batch ran)
+        errors: dict[Any, exc.SQLAlchemyError] = {}
         for shard in reversed(list(grouped)):
-            if shard not in outcomes:  # not run: an earlier shard failed
-                batches[shard].rollback()
-            elif isinstance(outcomes[shard], exc.SQLAlchemyError):
-                batches[shard].rollback()
-                failed = shard
-            else:
-                batches[shard].commit()
-        if failed is not None:
+            outcome = outcomes.get(shard)
+            try:
+                if isinstance(outcome, exc.SQLAlchemyError):
+                    errors[shard] = outcome
+                    _rollback_unless_lost(batches[shard], outcome)
+                elif shard not in outcomes:  # not run: an earlier shard failed
+                    batches[shard].rollback()
+                else:
+                    batches[shard].commit()
+            except exc.SQLAlchemyError as closing:
+                # the shard failing by itself (its connection gone) outweighs a refused row
+                if shard not in errors or failures.blames_the_shard(closing):
+                    errors[shard] = closing
+        errors = {shard: errors[shard] for shard in grouped if shard in errors}
+        # a shard that failed by itself first: its rows are not to blame, and the
+        # session may have to be rolled back, which a BulkWriteError would deny
+        for shard, failure in errors.items():
+            if failures.blames_the_shard(failure):
+                self._raise_for_shard(shard, failure, errors)
+        if errors:
+            failed, refusal = next(iter(errors.items()))
             indices, rows = grouped[failed]
-            self._raise_for_row(failed, indices, rows, outcomes[failed], run)
+            self._raise_for_row(failed, indices, rows, refusal, run)
         for shard, (indices, rows) in grouped.items():
             result = outcomes[shard]
             if self.returning or not self.results:
@@ -246,6 +290,11 @@ class ShardWrites:
             if not _is_refusal(error):
                 raise error  # not about a row (a statement SQLAlchemy cannot compile, ...)
             position, cause = self._first_refused(shard, rows, error, run)
+        except exc.SQLAlchemyError as stopped:
+            if stopped is not error and failures.blames_the_shard(stopped):
+                # the search itself met a lock wait, a timeout, a lost connection
+                self._raise_for_shard(shard, stopped, searching=True)
+            raise
         finally:
             self.undo()
         index = indices[position] if position is not None else None
@@ -258,6 +307,64 @@ class ShardWrites:
             shard=shard,
             statement=self.label,
         ) from error
+
+    def _raise_for_shard(
+        self,
+        shard: Any,
+        error: exc.SQLAlchemyError,
+        errors: dict[Any, exc.SQLAlchemyError] | None = None,
+        *,
+        searching: bool = False,
+    ) -> None:
+        """Undo the statement and raise :class:`ShardQueryError`: ``shard`` failed, not a row."""
+        lost = failures.is_transaction_lost(error)
+        if lost:
+            self._invalidate(shard)
+        self.undo()
+        reason = failures.describe(error)
+        transient = failures.is_transient(error)
+        searched = " (found while searching the batch for a refused row)" if searching else ""
+        if lost:
+            what = (
+                "the connection to the shard was lost"
+                if failures.is_connection_lost(error)
+                else "the shard rolled the session's transaction back"
+            )
+            advice = (
+                f"{what}, and the session's transaction with it: roll the session back "
+                "(session.rollback()), then retry the transaction"
+            )
+        elif transient:
+            advice = (
+                "no row of the statement was written on any shard; roll the session back and "
+                "retry the transaction"
+            )
+        else:
+            advice = (
+                "the shard refused the statement as a whole, whatever its rows; no row of the "
+                "statement was written on any shard"
+            )
+        kind = "a transient failure" if transient else "a failure of the shard"
+        raise ShardQueryError(
+            f"{self.label} failed on shard {shard!r}{searched}: {reason}; {kind}, not a "
+            f"refused row: {advice}",
+            shard=shard,
+            failures=dict(errors) if errors else {shard: error},
+            retryable=transient,
+        ) from error
+
+    def _invalidate(self, shard: Any) -> None:
+        """The server has lost ``shard``'s transaction: make SQLAlchemy refuse to go on too.
+
+        SQLAlchemy invalidates a connection whose disconnect its dialect
+        recognises, not one killed by an error it reads as ordinary
+        (PostgreSQL's admin_shutdown, InnoDB's deadlock); an invalidated
+        connection raises ``PendingRollbackError`` until the session is rolled
+        back, as after any lost connection.
+        """
+        connection = self.connections.get(shard) or self._shard_connection(shard)
+        if not connection.invalidated:
+            connection.invalidate()
 
     def _first_refused(
         self,
@@ -284,8 +391,10 @@ class ShardWrites:
                 else:
                     stop = middle
             failure = self._fails(run, shard, rows[start:stop])
-        finally:
-            probe.rollback()
+        except BaseException as stopped:
+            _rollback_unless_lost(probe, stopped)
+            raise
+        probe.rollback()
         return (start, failure) if failure is not None else (None, cause)
 
     def _fails(
@@ -296,9 +405,9 @@ class ShardWrites:
         try:
             run(shard, rows)
         except exc.SQLAlchemyError as failure:
-            if not _is_refusal(failure):
-                raise
-            step.rollback()
+            _rollback_unless_lost(step, failure)
+            if not _is_refusal(failure) or failures.blames_the_shard(failure):
+                raise  # not about these rows: the search stops
             return failure
         step.commit()
         return None
@@ -320,23 +429,45 @@ class ShardWrites:
             self.undo()
 
     def undo(self) -> None:
-        """Roll every shard back to before the statement."""
+        """Roll every shard back to before the statement.
+
+        A savepoint whose connection is gone is left alone: the server undid
+        it with the connection.  One whose rollback fails (the server rolled
+        the whole transaction back, InnoDB with ``innodb_rollback_on_timeout``)
+        has its connection invalidated instead of raising over the error that
+        made the statement fail.
+        """
         self._stop_threads()
-        for savepoint in reversed(list(self.savepoints.values())):
-            if savepoint.is_active:
-                savepoint.rollback()
+        savepoints = list(self.savepoints.values())
         self.savepoints.clear()
+        for savepoint in reversed(savepoints):
+            if not savepoint.is_active or savepoint.connection.invalidated:
+                continue
+            try:
+                savepoint.rollback()
+            except exc.DBAPIError:
+                if not savepoint.connection.invalidated:
+                    savepoint.connection.invalidate()
 
     def finish(self) -> None:
         """Keep the statement's rows (in the session's transaction) and record its route."""
         self._stop_threads()
-        for savepoint in reversed(list(self.savepoints.values())):
-            savepoint.commit()
+        for database_connection, savepoint in reversed(list(self.savepoints.items())):
+            with self._failing_on(self.shards_on[database_connection][0]):
+                savepoint.commit()
         self.savepoints.clear()
         if self.session.recording:
             spread = ", ".join(f"{shard} {count}" for shard, count in self.counts.items())
             reason = f"rows routed one by one ({spread})" if spread else "no rows"
             self.session.record_route(Route(tuple(self.counts), reason), label=self.label)
+
+
+def _rollback_unless_lost(savepoint: Any, failure: BaseException) -> None:
+    """Roll ``savepoint`` back, unless ``failure`` took its connection or transaction with it."""
+    if failures.is_transaction_lost(failure) or savepoint.connection.invalidated:
+        return  # the server undid it; a ROLLBACK TO SAVEPOINT would only fail again
+    if savepoint.is_active:
+        savepoint.rollback()
 
 
 def _is_refusal(error: BaseException) -> bool:
