@@ -16,7 +16,9 @@ The data directory lives under a fresh directory in the system's temporary folde
 ``initdb`` runs once per process: later servers copy that cluster, which is much faster.  As
 root, the server runs as ``postgres`` (``runuser``), which PostgreSQL requires; as anyone else,
 as that user.  This module knows nothing about pytest: ``unavailable()`` says why no server can
-be started here, and the tests turn it into a skip (or a failure under ``CI=true``).
+be started here, and the tests turn it into a skip (or a failure under ``CI=true``).  Servers
+of a test process that was killed before its teardown are stopped and removed by the next
+process that starts one (``reap_orphans``).
 """
 
 from __future__ import annotations
@@ -96,11 +98,51 @@ def _chown_to_server_user(path: Path) -> None:
         shutil.chown(path, "postgres", "postgres")
 
 
+OWNER_FILE = "owner.pid"  # the pid of the process that made a directory, to reap orphans
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reap_orphans() -> None:
+    """Stop and remove the servers (and templates) of test processes that were killed.
+
+    A run killed before its teardown leaves its servers running; each directory names the
+    process that made it, and one whose process is gone is stopped and removed.
+    """
+    for root in Path(tempfile.gettempdir()).glob("shardalchemy-pg-*"):
+        try:
+            owner = int((root / OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        if _alive(owner):
+            continue
+        bindir = _bindir()
+        if bindir is not None and (root / "data" / "postmaster.pid").exists():
+            with contextlib.suppress(Exception):
+                _run([*_as_server_user(), str(bindir / "pg_ctl"), "-D", str(root / "data"),
+                      "stop", "-m", "immediate", "-w", "-t", "10"])  # fmt: skip
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _own(root: Path) -> None:
+    root.chmod(0o755)
+    (root / OWNER_FILE).write_text(str(os.getpid()))
+
+
 @functools.cache
 def _template_cluster() -> Path:
     """One ``initdb`` per process; every server starts from a copy of it."""
+    reap_orphans()
     root = Path(tempfile.mkdtemp(prefix="shardalchemy-pg-template-"))
-    root.chmod(0o755)
+    _own(root)
     data = root / "data"
     data.mkdir(mode=0o700)
     _chown_to_server_user(data)
@@ -137,7 +179,7 @@ class ExtraPostgres:
 
     def __init__(self) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="shardalchemy-pg-"))
-        self.root.chmod(0o755)
+        _own(self.root)
         self.data = self.root / "data"
         self.port = free_port()
         self.paused = False

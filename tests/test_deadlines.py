@@ -14,6 +14,7 @@ deadline order and not once disarmed, and SQLite statements on one shard are int
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import threading
@@ -34,6 +35,7 @@ from _servers import (
     probe_server,
 )
 from sqlalchemy import String, func, select, text
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from shardalchemy import Range, ShardedSession, ShardKey, ShardMap, ShardTimeoutError
@@ -501,3 +503,48 @@ def test_errors_chain_their_cause_and_name_the_shard_in_the_message(world: Shard
         ).scalar()
     assert f"shard {SICK!r} did not answer within shard_timeout=0.3s" in str(caught.value)
     assert caught.value.failures[SICK] is caught.value.__cause__
+
+
+def async_map_of(shard_map: ShardMap) -> ShardMap:
+    urls = {
+        shard: shard_map.bind(shard).url.set(drivername="postgresql+asyncpg") for shard in SHARDS
+    }
+    return ShardMap.databases(
+        {shard: url.difference_update_query(["connect_timeout"]) for shard, url in urls.items()}
+    )
+
+
+ASYNC_STATEMENTS = {
+    "scatter": scatter,
+    "one shard": lambda: select(Item).where(Item.id == ids_on(SICK)[0]),
+}
+
+
+@pytest.mark.parametrize("shape", list(ASYNC_STATEMENTS))
+@pytest.mark.parametrize("fault", ["locked", "stopped"])
+def test_async_sessions_keep_their_deadlines_too(
+    world: ShardMap, sick_server: ExtraPostgres, fault: str, shape: str
+) -> None:
+    # one statement per fault: after a stopped shard's connection is abandoned, the next
+    # statement on it opens a new one, which only the engine's connect timeout bounds
+    async_map = async_map_of(world)
+
+    async def main() -> tuple[Any, float]:
+        async with AsyncSession(
+            sync_session_class=ShardedSession, shard_map=async_map, shard_timeout=1.0
+        ) as session:
+            await session.scalars(scatter())  # a pooled connection to every shard
+            await session.commit()  # (no transaction left to wait for the lock)
+            with locked(world, SICK) if fault == "locked" else paused(sick_server):
+                clock = Clock()
+                with pytest.raises(ShardTimeoutError) as caught:
+                    await session.execute(ASYNC_STATEMENTS[shape]())
+                seconds = clock.seconds
+                await session.rollback()
+                assert (await session.scalars(healthy_only())).all() == healthy_ids()
+        await async_map.dispose_async()
+        return caught.value.shard, seconds
+
+    shard, seconds = asyncio.run(main())
+    assert shard == SICK
+    assert seconds < 1.0 + MARGIN
