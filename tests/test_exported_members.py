@@ -18,7 +18,7 @@ def test_every_public_name_is_exported() -> None:
     """Nothing public in the package namespace is missing from ``__all__`` (rooms aside)."""
     rooms = {
         "cli", "errors", "execution", "ids", "inspection", "merge", "options", "orm", "planning",
-        "routing", "sharding", "topology", "writes",
+        "routing", "sharding", "topology", "transactions", "writes",
     }  # fmt: skip
     public = {
         name

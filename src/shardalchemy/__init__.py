@@ -31,6 +31,7 @@ The rooms behind it (``topology``, ``sharding``, ``routing``, ``planning``, ``me
 from . import ids
 from .errors import (
     BulkWriteError,
+    CommitError,
     ConfigurationError,
     CrossShardQueryError,
     MissingParentError,
@@ -44,6 +45,7 @@ from .errors import (
     ShardMapError,
     ShardQueryError,
     ShardTimeoutError,
+    TwoPhaseUnavailableError,
     UnknownShardError,
     UnknownShardKeyError,
 )
@@ -68,6 +70,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BulkWriteError",
+    "CommitError",
     "ConfigurationError",
     "CrossShardQueryError",
     "Explanation",
@@ -96,6 +99,7 @@ __all__ = [
     "ShardingError",
     "StatementLog",
     "Strategy",
+    "TwoPhaseUnavailableError",
     "UnknownShardError",
     "UnknownShardKeyError",
     "assign_shard",

@@ -18,6 +18,8 @@ model, the attribute, the value and the shard involved, and say what to do::
     │   └── ScatterQueryError      a scatter refused in no-scatter mode
     ├── CrossShardQueryError       a construct no plan answers exactly
     ├── BulkWriteError             a row a bulk write's database refused
+    ├── CommitError                a commit across shards did not complete (.outcomes)
+    │   └── TwoPhaseUnavailableError  a shard's server cannot prepare (how to enable it)
     └── ShardQueryError            a statement failed on a shard (.retryable)
         └── ShardTimeoutError      ... or did not answer in time (always retryable)
 
@@ -339,3 +341,51 @@ __all__ = [
     "UnknownShardError",
     "UnknownShardKeyError",
 ]
+
+
+COMMITTED = "committed"
+ROLLED_BACK = "rolled back"
+IN_DOUBT = "in doubt"
+
+
+class CommitError(ShardingError):
+    """A commit across shards that could not complete; nothing was committed silently.
+
+    ``outcomes`` says what became of every shard of the transaction:
+    ``"committed"``, ``"rolled back"`` or ``"in doubt"`` (the shard's server was lost
+    while the outcome was being decided: recovery, ``shardalchemy recover`` or the
+    session's recoverer, commits or rolls it back as the decision says).
+    ``transaction_id`` names the transaction in the decision log and in the
+    participants' prepared transactions (``None`` when nothing was prepared).
+    The chained ``__cause__`` is the driver's error that stopped the commit.
+
+    Example:
+
+    >>> error = CommitError({"a": "rolled back", "b": "rolled back"}, "7f3a", "b: lost")
+    >>> error.outcomes["b"], error.transaction_id
+    ('rolled back', '7f3a')
+    """
+
+    def __init__(self, outcomes: dict[Any, str], transaction_id: str | None, reason: str) -> None:
+        self.outcomes = dict(outcomes)
+        self.transaction_id = transaction_id
+        self.reason = reason
+        shards = ", ".join(f"{shard}: {outcome}" for shard, outcome in self.outcomes.items())
+        named = f" (transaction {transaction_id})" if transaction_id else ""
+        super().__init__(f"commit across shards did not complete{named}: {reason}; {shards}")
+
+    @property
+    def in_doubt(self) -> bool:
+        """Whether some shard's outcome is not known yet (recovery will settle it)."""
+        return IN_DOUBT in self.outcomes.values()
+
+
+class TwoPhaseUnavailableError(CommitError):
+    """A shard written by a multi-shard transaction cannot prepare it; all rolled back.
+
+    Raised at the first atomic commit that needs the shard: PostgreSQL's
+    ``max_prepared_transactions`` is 0 (its default), or the shard's backend has
+    no prepared transactions shardalchemy can use.  Enable it
+    (``ALTER SYSTEM SET max_prepared_transactions = 64`` and restart the
+    server), or choose ``ShardedSession(commit="best_effort")``.
+    """

@@ -12,6 +12,8 @@ needed) and prints, step by step, which shards each statement touched and why.
         --url 'mysql+pymysql://root@127.0.0.1/weather_{shard}'
     shardalchemy explain myapp.models "select(City).where(City.continent == 'Asia')"
     shardalchemy explain --json myapp.models "select(City).order_by(City.name).limit(5)"
+    shardalchemy recover myapp.models            # resolve in-doubt transactions
+    shardalchemy recover --list --json myapp.models
 
 Exits 0 when every check passes, 1 when one fails, 2 on bad arguments.
 """
@@ -36,6 +38,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ..errors import ShardingError
 from ..topology.shard_map import ShardMap
+from ..transactions import recover
 from . import demo
 from .render import explain_document, reason_tree, render_step
 
@@ -208,6 +211,27 @@ def run_explain(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def run_recover(args: argparse.Namespace, console: Console) -> int:
+    """List (``--list``) or resolve the in-doubt transactions of a models module's shards."""
+    _, shard_map = _load_models(args.models)
+    found = recover(shard_map.binds(), resolve_them=not args.list)
+    if args.json:
+        print(json.dumps([entry.as_dict() for entry in found], indent=2))
+    elif not found:
+        console.print("no in-doubt transactions")
+    else:
+        for entry in found:
+            shards = ", ".join(sorted(entry.prepared))
+            outcome = entry.outcome or "in doubt"
+            console.print(
+                f"transaction {entry.transaction_id} (decider {entry.decider}): "
+                f"prepared on {shards}: {outcome}"
+            )
+    return (
+        1 if any(entry.outcome not in (None, "committed", "rolled back") for entry in found) else 0
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``shardalchemy`` command."""
     parser = argparse.ArgumentParser(prog="shardalchemy", description=__doc__.splitlines()[0])
@@ -249,12 +273,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="print one JSON document: the route, its reason tree and the merge plan's "
         "operator tree (or the refusal)",
     )
+    recover_parser = commands.add_parser(
+        "recover",
+        help="list and resolve in-doubt transactions (prepared, their coordinator gone)",
+        description="Commit every in-doubt transaction whose decision was recorded, roll back "
+        "the others; a transaction whose coordinator is still at work is left to it.",
+    )
+    recover_parser.add_argument("models", help="the module defining one ShardMap (as explain)")
+    recover_parser.add_argument("--list", action="store_true", help="list only, resolve nothing")
+    recover_parser.add_argument("--json", action="store_true", help="print one JSON document")
     args = parser.parse_args(argv)
     console = Console()
     as_json = getattr(args, "json", False)
     try:
         if args.command == "explain":
             return run_explain(args, console)
+        if args.command == "recover":
+            return run_recover(args, console)
         return run_demo(args, console)
     except ShardingError as error:
         if as_json:  # still one JSON document, for whatever reads it

@@ -33,6 +33,7 @@ from sqlalchemy.ext.horizontal_shard import ShardedQuery
 from sqlalchemy.orm import Mapper, ORMExecuteState
 from sqlalchemy.orm.state import InstanceState
 
+from .. import transactions
 from .._sqlalchemy import engines, selects, sessions
 from ..errors import CrossShardQueryError, RoutingError, ShardMapError, UnknownShardError
 from ..execution.probing import database_facts, dialect_facts
@@ -78,9 +79,16 @@ class ShardedSession(sessions.SessionHooks):
         shard_concurrency: int | None = None,
         id_chooser: Callable[..., Any] | None = None,
         query_chooser: Callable[..., Any] | None = None,
+        commit: str = "auto",
         **kwargs: Any,
     ) -> None:
         self.shard_map = shard_map
+        self.commit_mode = transactions.check_mode(commit)
+        """How a transaction that wrote to several databases commits: ``"atomic"``
+        (two-phase, with recovery), ``"best_effort"`` (one after another), or ``"auto"``:
+        atomic where every written shard is PostgreSQL, else best effort (README:
+        Commits across shards)."""
+        self._commit_state: Any = None  # the root transaction's connections (transactions/)
         self.no_scatter = no_scatter
         """Refuse statements that would reach every shard (per statement: the
         ``no_scatter`` execution option overrides it)."""
@@ -182,6 +190,23 @@ class ShardedSession(sessions.SessionHooks):
                 "bind_arguments={'shard_id': ...} (e.g. session.connection(bind_arguments=...))"
             )
         return super().get_bind(mapper, shard_id=shard_id, **kw)
+
+    # -- commits across shards (shardalchemy.transactions) ----------------------
+    def shard_of_bind(self, bind: Any) -> Any:
+        """The shard a bind serves (the first, where several share a database)."""
+        for shard, known in self._binds_by_shard.items():
+            if known is bind:
+                return shard
+        return str(getattr(bind, "url", bind))
+
+    def in_doubt_found(self) -> None:
+        """A commit left a participant prepared: have the recoverer look now."""
+        transactions.recoverer_for(self._binds_by_shard).wake()
+
+    def check_in_doubt(self, engine: Any) -> None:
+        """Before this session reads ``engine``'s shard: resolve its in-doubt transactions."""
+        if transactions.in_doubt_on(engine):
+            transactions.recover(self._binds_by_shard)
 
     # -- legacy bulk methods, routed row by row --------------------------------
     def bulk_save_objects(
@@ -400,4 +425,5 @@ _PLAIN_OPTIONS = frozenset(
 )
 
 
+transactions.install(ShardedSession)
 ShardMap.session_class = ShardedSession  # what shard_map.sessionmaker() makes
