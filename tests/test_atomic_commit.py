@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from _extra_postgres import ExtraPostgres, unavailable
 from atomic_commit_world import Account, Base, Entry, shard_map_of, transfer
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import create_engine, select, text
 
 import shardalchemy
 from shardalchemy import CommitError, ConfigurationError, ShardedSession, TwoPhaseUnavailableError
