@@ -304,6 +304,26 @@ class _SharedSavepoint:
         pass
 
 
+def savepoint_opener(session: Any, connection: Any) -> Any:
+    """The connection every SAVEPOINT on ``connection``'s database connection is opened through.
+
+    The first connection the session's (root) transaction took on that database
+    connection: SQLAlchemy numbers savepoints per SQLAlchemy connection, so
+    opening them all through one keeps their names unique on the database
+    connection the session's shards there share.  Nested transactions
+    (:func:`hold_savepoints_on_every_shard`) and a statement's savepoints
+    (:mod:`.savepoints`) open theirs here.
+    """
+    database_connection = connection.connection.dbapi_connection
+    transaction = getattr(session, "_transaction", None)
+    if transaction is None:
+        return connection
+    for held in _connections_of(_root(transaction)):
+        if held.connection.dbapi_connection is database_connection:
+            return held
+    return connection
+
+
 def _hold(session: Any, nested: Any, connection: Any) -> None:
     """Register a SAVEPOINT on ``connection``'s database connection in ``nested``."""
     if connection in nested._connections:
@@ -317,13 +337,7 @@ def _hold(session: Any, nested: Any, connection: Any) -> None:
             savepoint = _SharedSavepoint(transaction)
             break
     if savepoint is None:
-        # every SAVEPOINT on one database connection through the same (first)
-        # connection, which numbers them: names stay unique
-        opener = next(
-            held
-            for held in _connections_of(_root(nested))
-            if held.connection.dbapi_connection is database_connection
-        )
+        opener = savepoint_opener(session, connection)
         drivers.ensure_transaction_begun(opener)
         savepoint = opener.begin_nested()
     nested._connections[connection] = nested._connections[connection.engine] = (
@@ -333,3 +347,54 @@ def _hold(session: Any, nested: Any, connection: Any) -> None:
         False,  # closed by the root transaction, which owns it
     )
     session.dispatch.after_begin(session, nested, connection)
+
+
+# -- a multi-shard UPDATE/DELETE rolled back: what the ORM was told ------------------------------
+
+
+def autoflush_before_write(session: Any, orm_context: Any) -> None:
+    """Flush pending objects before an ORM UPDATE/DELETE, as the ORM would (if enabled).
+
+    Here, on the calling thread and before the statement's savepoints: the
+    ORM autoflushes inside each shard's run, where a rollback of the
+    statement would also undo the flush of objects it then thinks stored.
+    """
+    if orm_context.is_orm_statement and orm_context.update_delete_options._autoflush:
+        session._autoflush()
+
+
+def deleted_so_far(session: Any) -> set[Any]:
+    """The states the session's transaction saw deleted (``SessionTransaction._deleted``)."""
+    transaction = session._transaction
+    return set(transaction._deleted) if transaction is not None else set()
+
+
+def forget_synchronized(session: Any, mapper: Any, shards: Any, deleted_before: set[Any]) -> None:
+    """Take back what ``synchronize_session`` told the session of a statement rolled back.
+
+    The ORM synchronizes each shard's objects as that shard's statement
+    returns; when the statement is then rolled back on every shard, the
+    objects a DELETE removed are persistent again and the column values an
+    UPDATE set are expired (the next access reads what the database holds),
+    as if the statement had failed in one database before it synchronized.
+    """
+    transaction = session._transaction
+    if transaction is not None:
+        for state in [state for state in transaction._deleted if state not in deleted_before]:
+            del transaction._deleted[state]
+            session._update_impl(state, revert_deletion=True)
+    if mapper is None:
+        return
+    for state in list(session.identity_map.all_states()):
+        if state.identity_token not in shards or not state.mapper.isa(mapper):
+            continue
+        obj = state.obj()
+        if obj is None:
+            continue
+        keys = [
+            attribute.key
+            for attribute in state.mapper.column_attrs
+            if attribute.key in state.dict and attribute.key not in state.committed_state
+        ]
+        if keys:
+            session.expire(obj, keys)

@@ -13,8 +13,9 @@ from sqlalchemy import exc
 from sqlalchemy.engine import IteratorResult
 from sqlalchemy.engine.result import SimpleResultMetaData
 
-from .._sqlalchemy import drivers, failures
+from .._sqlalchemy import failures
 from .._sqlalchemy.results import yields_scalars
+from .._sqlalchemy.savepoints import StatementSavepoints
 from ..errors import BulkWriteError, RoutingError, ShardQueryError
 from ..routing.route import Route
 from .protocol import WritingSession
@@ -128,9 +129,7 @@ class ShardWrites:
         self.session = session
         self.label = label
         self.run = run  # (shard, rows) -> Result; or passed to each write
-        self.savepoints: dict[Any, Any] = {}  # database connection -> statement savepoint
-        self.shards_on: dict[Any, list[Any]] = {}  # database connection -> its shards
-        self.connections: dict[Any, Any] = {}  # shard -> the connection of its savepoints
+        self.savepoints = StatementSavepoints(session)  # one per database connection
         # RETURNING rows are kept to be put in the caller's order; without
         # RETURNING only the first result and the rowcounts are (memory stays
         # bounded however many batches an iterator of rows makes)
@@ -148,18 +147,8 @@ class ShardWrites:
     def _savepoint_connection(self, shard: Any) -> Any:
         """The connection holding the statement's savepoint for ``shard`` (opened once)."""
         connection = self._shard_connection(shard)
-        database_connection = connection.connection.dbapi_connection
-        savepoint = self.savepoints.get(database_connection)
-        if savepoint is None:
-            with self._failing_on(shard):
-                drivers.ensure_transaction_begun(connection)
-                savepoint = connection.begin_nested()
-            self.savepoints[database_connection] = savepoint
-        self.connections[shard] = savepoint.connection
-        shards = self.shards_on.setdefault(database_connection, [])
-        if shard not in shards:
-            shards.append(shard)
-        return savepoint.connection
+        with self._failing_on(shard):
+            return self.savepoints.open(shard, connection)
 
     @contextlib.contextmanager
     def _failing_on(self, shard: Any) -> Iterator[None]:
@@ -362,7 +351,7 @@ class ShardWrites:
         connection raises ``PendingRollbackError`` until the session is rolled
         back, as after any lost connection.
         """
-        connection = self.connections.get(shard) or self._shard_connection(shard)
+        connection = self.savepoints.connections.get(shard) or self._shard_connection(shard)
         if not connection.invalidated:
             connection.invalidate()
 
@@ -438,24 +427,12 @@ class ShardWrites:
         made the statement fail.
         """
         self._stop_threads()
-        savepoints = list(self.savepoints.values())
-        self.savepoints.clear()
-        for savepoint in reversed(savepoints):
-            if not savepoint.is_active or savepoint.connection.invalidated:
-                continue
-            try:
-                savepoint.rollback()
-            except exc.DBAPIError:
-                if not savepoint.connection.invalidated:
-                    savepoint.connection.invalidate()
+        self.savepoints.undo()
 
     def finish(self) -> None:
         """Keep the statement's rows (in the session's transaction) and record its route."""
         self._stop_threads()
-        for database_connection, savepoint in reversed(list(self.savepoints.items())):
-            with self._failing_on(self.shards_on[database_connection][0]):
-                savepoint.commit()
-        self.savepoints.clear()
+        self.savepoints.release(self._failing_on)
         if self.session.recording:
             spread = ", ".join(f"{shard} {count}" for shard, count in self.counts.items())
             reason = f"rows routed one by one ({spread})" if spread else "no rows"
