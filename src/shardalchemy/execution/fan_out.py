@@ -49,6 +49,7 @@ from typing import Any
 from sqlalchemy.util import await_only, greenlet_spawn
 
 from .._sqlalchemy import drivers
+from .._sqlalchemy.savepoints import StatementSavepoints
 from ..errors import ShardQueryError, ShardTimeoutError
 from .cancellation import ABANDON_GRACE_SECONDS, CANCEL_TIMEOUT_SECONDS, Cancelled, Running
 from .deadlines import server_timeout, timed_out, timeout_error
@@ -76,18 +77,28 @@ def fan_out(
     timeout: float | None = None,
     allow_partial: bool = False,
     concurrency: int | None = None,
+    all_or_nothing: bool = False,
 ) -> Outcome:
     """Run ``run(shard)`` for every shard, concurrently where the shards allow.
 
     Returns the results by shard; with ``allow_partial`` also the failures
     (else the first failure raises :class:`ShardQueryError`, and a deadline
     missed raises :class:`ShardTimeoutError`).
+
+    With ``all_or_nothing`` (a statement that writes: UPDATE, DELETE), the
+    statement holds one SAVEPOINT per database connection, opened as each
+    shard starts and released together when every shard succeeded; when one
+    fails (or misses the deadline), every shard is rolled back to before the
+    statement and the error says so.  ``allow_partial`` cannot go with it.
     """
+    if all_or_nothing and allow_partial:
+        raise ValueError("a statement that writes is all or nothing: no allow_partial")
     started = time.monotonic()
     connections = {
         shard: session.connection(bind_arguments={"shard_id": shard}) for shard in shards
     }
-    savepoints = timeout is not None or allow_partial
+    statement_savepoints = StatementSavepoints(session) if all_or_nothing else None
+    savepoints = (timeout is not None or allow_partial) and not all_or_nothing
     groups = _by_connection(shards, connections)
     if any(_thread_bound(connection) for connection in connections.values()):
         groups = [list(shards)]
@@ -102,6 +113,8 @@ def fan_out(
         for shard in group:
             connection = connections[shard]
             try:
+                if statement_savepoints is not None:
+                    statement_savepoints.open(shard, connection)
                 with running.on(shard, connection), _savepoint(connection, savepoints):
                     if deadline is None:
                         outcome.results[shard] = run(shard)
@@ -144,11 +157,25 @@ def fan_out(
             concurrent.futures.wait(futures)
             for future in futures:
                 future.result()  # BaseExceptions (KeyboardInterrupt) propagate
+    except BaseException:
+        if statement_savepoints is not None:
+            statement_savepoints.undo()
+        raise
     finally:
         if alarm is not None:
             alarm.disarm()
         running.finish()
-    return _conclude(shards, outcome, running, timeout, allow_partial)
+    if statement_savepoints is not None:
+        if outcome.failures:
+            statement_savepoints.undo()
+        else:
+            releasing: list[Any] = []
+            try:
+                statement_savepoints.release(lambda shard: _naming(shard, releasing))
+            except Exception as error:  # a connection lost after its statement ran
+                outcome.failures[releasing[-1] if releasing else shards[0]] = error
+                statement_savepoints.undo()
+    return _conclude(shards, outcome, running, timeout, allow_partial, all_or_nothing)
 
 
 def _conclude(
@@ -157,6 +184,7 @@ def _conclude(
     running: Running,
     timeout: float | None,
     allow_partial: bool,
+    undone: bool = False,
 ) -> Outcome:
     failures: dict[Any, BaseException] = {}
     for shard in shards:
@@ -171,11 +199,14 @@ def _conclude(
         if allow_partial and len(failures) == len(shards):
             raise _failure(shards, failures, running.abandoned)
         return outcome
-    raise _failure(shards, failures, running.abandoned)
+    raise _failure(shards, failures, running.abandoned, undone)
 
 
 def _failure(
-    shards: Sequence[Any], failures: dict[Any, BaseException], stopped: set[Any]
+    shards: Sequence[Any],
+    failures: dict[Any, BaseException],
+    stopped: set[Any],
+    undone: bool = False,
 ) -> ShardQueryError:
     # the first real failure, not a shard cancelled (or abandoned: ``stopped``) because of it
     def cause_rank(shard: Any) -> int:
@@ -208,6 +239,8 @@ def _failure(
         message += f"; also failed or cancelled: {', '.join(map(str, also))}"
     if others:
         message += f"; completed: {', '.join(map(str, others))}"
+    if undone:
+        message += "; the statement was rolled back on every shard: no shard was changed"
     error = error_class(message, shard=first, failures=failures)
     error.__cause__ = cause
     return error
@@ -231,6 +264,15 @@ def _fold(groups: list[list[Any]], count: int) -> list[list[Any]]:
     for index, group in enumerate(groups):
         folded[index % count].extend(group)
     return folded
+
+
+@contextlib.contextmanager
+def _naming(shard: Any, failed: list[Any]) -> Iterator[None]:
+    try:
+        yield
+    except BaseException:
+        failed.append(shard)
+        raise
 
 
 @contextlib.contextmanager

@@ -12,7 +12,8 @@ from sqlalchemy.sql.selectable import TextualSelect
 
 from .._sqlalchemy import elements, engines, orm_execute, selects, sessions
 from .._sqlalchemy.results import concatenated, merged_result, processed_rows, rows_with_columns
-from ..errors import CrossShardQueryError, RoutingError, ScatterQueryError
+from .._sqlalchemy.savepoints import abort_transaction
+from ..errors import ConfigurationError, CrossShardQueryError, RoutingError, ScatterQueryError
 from ..execution.deadlines import run_on_one_shard
 from ..execution.fan_out import Outcome, fan_out
 from ..planning.in_lists import (
@@ -198,6 +199,14 @@ def _run_on_shards(
     options = orm_context.execution_options
     shards = route.shards
     settings = session._fan_out_settings(options)
+    # an UPDATE/DELETE is all or nothing: every shard's changes undone when one fails
+    all_or_nothing = not orm_context.is_select and (
+        len(shards) > 1 or (batches is not None and len(batches.batches[shards[0]]) > 1)
+    )
+    if all_or_nothing:
+        _refuse_partial_write(orm_context, shards)
+        sessions.autoflush_before_write(session, orm_context)
+        deleted_before = sessions.deleted_so_far(session)
     if orm_context.is_select and orm_execute.wants_autoflush(orm_context):
         # here, on the calling thread: SQLAlchemy would autoflush inside each shard's
         # invoke_statement, on the worker threads at once, sharing the shards' connections
@@ -232,14 +241,22 @@ def _run_on_shards(
             )
             return _read_whole(result) if buffered else result
 
-        outcome = fan_out(
-            session,
-            shards,
-            run_on,
-            timeout=settings.timeout,
-            allow_partial=settings.allow_partial,
-            concurrency=settings.concurrency if orm_context.is_select else 1,
-        )
+        try:
+            outcome = fan_out(
+                session,
+                shards,
+                run_on,
+                timeout=settings.timeout,
+                allow_partial=settings.allow_partial and not all_or_nothing,
+                concurrency=settings.concurrency if orm_context.is_select else 1,
+                all_or_nothing=all_or_nothing,
+            )
+        except BaseException:
+            if all_or_nothing:
+                _as_one_database_after_a_failed_statement(
+                    session, orm_context, shards, deleted_before
+                )
+            raise
         results = [outcome.results[shard] for shard in shards if shard in outcome.results]
         if batches is not None:  # each shard's statements, one result each
             results = [result for each in results for result in each]
@@ -263,6 +280,50 @@ def _run_on_shards(
     result = merged_result(results[0], rows, results, plan.visible, plan.single_entity)
     result.failed_shards = dict(outcome.failures)
     return result
+
+
+def _refuse_partial_write(orm_context: ORMExecuteState, shards: tuple[Any, ...]) -> None:
+    """``allow_partial`` asked of an UPDATE/DELETE over several shards: refused.
+
+    A partial answer is fine for a read; a partial write is a statement half
+    done, which no database leaves.  A session-wide ``allow_partial`` is for
+    its reads: its multi-shard writes are all or nothing.
+    """
+    if orm_context.execution_options.get("allow_partial"):
+        raise ConfigurationError(
+            f"allow_partial=True cannot apply to {statement_label(orm_context.statement)} on "
+            f"shards {', '.join(map(str, shards))}: a multi-shard UPDATE or DELETE is all or "
+            "nothing (a shard that fails rolls every shard back). Drop allow_partial, or run "
+            "it shard by shard with set_shard_id(...) where a partial write is what you want"
+        )
+
+
+def _as_one_database_after_a_failed_statement(
+    session: ShardedSession,
+    orm_context: ORMExecuteState,
+    shards: tuple[Any, ...],
+    deleted_before: set[Any],
+) -> None:
+    """After a multi-shard UPDATE/DELETE rolled back everywhere: the session as one database's.
+
+    The ORM forgets what it synchronized of the statement; on PostgreSQL every
+    shard's transaction is left aborted until rollback (as one database's
+    transaction is after a failed statement); on MariaDB and SQLite the
+    statement is undone and the transaction goes on.
+    """
+    sessions.forget_synchronized(session, orm_context.bind_mapper, set(shards), deleted_before)
+    aborted: set[int] = set()
+    for shard in session.shard_names:
+        if session.get_bind(shard_id=shard).dialect.name != "postgresql":
+            continue
+        try:
+            connection = session.connection(bind_arguments={"shard_id": shard})
+        except Exception:
+            continue  # a connection that cannot be had cannot commit either
+        key = id(connection.connection.dbapi_connection)
+        if key not in aborted:
+            aborted.add(key)
+            abort_transaction(connection)
 
 
 def _run_batch(
