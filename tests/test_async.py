@@ -231,7 +231,12 @@ def test_async_create_all_and_drop_all(empty: Deployment) -> None:
         assert empty.total_rows() == 14
         await shard_map.drop_all_async(Base.metadata)
         await shard_map.drop_all_async(Base.metadata)  # idempotent
-        assert all(empty.existing_tables(shard) == set() for shard in SHARDS)
+        # the decision log of atomic commits outlives drop_all: in-doubt participants of
+        # other processes may still need its decisions
+        left = {
+            shard: empty.existing_tables(shard) - {"shardalchemy_decisions"} for shard in SHARDS
+        }
+        assert left == {shard: set() for shard in SHARDS}
 
     run_with(empty, body)
 

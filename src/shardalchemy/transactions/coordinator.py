@@ -78,14 +78,25 @@ class CommitState:
         self.started = False
         self.on_in_doubt = on_in_doubt
 
+    def _databases(self) -> list[tuple[Any, Any]]:
+        # shards of one database share the session's one connection (and transaction):
+        # one participant per database connection
+        databases: dict[int, tuple[Any, Any]] = {}
+        for connection, shard in self.connections.items():
+            databases.setdefault(id(connection.connection.dbapi_connection), (connection, shard))
+        return list(databases.values())
+
+    def spans_databases(self) -> bool:
+        """Whether the transaction holds connections to more than one database."""
+        return len(self.connections) > 1 and len(self._databases()) > 1
+
     def commit(self) -> None:
-        """Commit every connection's transaction (the first connection's commit event)."""
+        """Commit every connection's transaction (before SQLAlchemy's own COMMITs)."""
         self.started = True
-        if len(self.connections) < 2:
-            return  # one participant: SQLAlchemy's own COMMIT, nothing added
-        participants = [
-            Participant(shard, connection) for connection, shard in self.connections.items()
-        ]
+        databases = self._databases()
+        if len(databases) < 2:
+            return  # one database: its own COMMIT is atomic, nothing added
+        participants = [Participant(shard, connection) for connection, shard in databases]
         try:
             if self.mode == "best_effort":
                 best_effort(participants)
