@@ -25,6 +25,11 @@ def autoflush(session: Any) -> None:
     session._autoflush()
 
 
+def is_clean(session: Any) -> bool:
+    """Whether ``session`` has nothing to flush (``Session._is_clean``, what its commit asks)."""
+    return bool(session._is_clean())
+
+
 def bulk_save(
     session: Any,
     mapper: Any,

@@ -14,7 +14,6 @@ See :mod:`.coordinator` for the protocol and :mod:`.recovery` for in-doubt trans
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 import weakref
@@ -23,13 +22,13 @@ from typing import Any
 
 from sqlalchemy import event
 
+from .._sqlalchemy import sessions
 from .._sqlalchemy.drivers import engine_of
 from .coordinator import MODES, CommitState, check_mode
 from .recovery import InDoubt, Recoverer, find_in_doubt, recover
 
 __all__ = ["MODES", "InDoubt", "Recoverer", "check_mode", "install", "recover", "recoverer_for"]
 
-_KEY = "shardalchemy.commit"  # Connection.info: the CommitState of the transaction it is in
 
 CHECK_EVERY_SECONDS = 10.0  # how often a session's first use of a shard looks for in-doubt ones
 _checked: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
@@ -53,9 +52,9 @@ def _before_commit(session: Any) -> None:
     # what the commit does next, before it commits the connections: the flush begins the
     # transactions of the shards it writes to
     for _ in range(_FLUSHES_AT_COMMIT):
-        session.flush()  # returns at once when nothing is pending
-        if not (session.new or session.dirty or session.deleted):
+        if sessions.is_clean(session):
             break
+        session.flush()
     state = session._commit_state
     if state is None or state.started or not state.spans_databases():
         return  # nothing begun, or one database: SQLAlchemy's own COMMIT, nothing added
@@ -71,7 +70,6 @@ def _after_begin(session: Any, transaction: Any, connection: Any) -> None:
     if state is None:
         state = session._commit_state = CommitState(session.commit_mode, session.in_doubt_found)
     state.connections[connection] = session.shard_of_bind(connection.engine)
-    connection.info[_KEY] = state
     if engine.dialect.name == "postgresql":
         last = _checked.get(engine)
         now = time.monotonic()
@@ -83,13 +81,7 @@ def _after_begin(session: Any, transaction: Any, connection: Any) -> None:
 def _after_transaction_end(session: Any, transaction: Any) -> None:
     if transaction.parent is not None:
         return
-    state = session._commit_state
-    if state is None:
-        return
     session._commit_state = None
-    for connection in state.connections:
-        with contextlib.suppress(Exception):  # closed or invalidated: its info went too
-            connection.info.pop(_KEY, None)
 
 
 def install(session_class: type) -> None:
