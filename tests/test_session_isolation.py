@@ -344,3 +344,44 @@ def test_streamed_shards_of_one_database_lose_no_row(
     if merge == "merge":
         assert objects == expected and core == expected
     shard_map.dispose()
+
+
+# -- a fan-out's savepoints inside the session's nested transaction ---------------------
+
+
+@pytest.mark.parametrize(
+    "server",
+    [
+        "sqlite",
+        pytest.param("mariadb", marks=pytest.mark.mariadb),
+        pytest.param("postgresql", marks=pytest.mark.postgresql),
+    ],
+)
+@given(reads=st.integers(1, 3), keep=st.booleans())
+@settings(
+    max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+def test_scatters_with_savepoints_keep_the_nested_transaction_intact(
+    make_database: Callable[[str], URL], server: str, reads: int, keep: bool
+) -> None:
+    # a scatter with shard_timeout runs each shard in a SAVEPOINT; on the session's one
+    # connection they must not take the name of the nested transaction's (MariaDB drops
+    # the older savepoint of a name), so its rollback still undoes its rows
+    shard_map = ShardMap.tables(make_database(server), SHARDS)
+    shard_map.create_all(Base.metadata)
+    with shard_map.sessionmaker(shard_timeout=30)() as session:
+        session.add(Item(id=1, region="east"))
+        session.flush()
+        nested = session.begin_nested()
+        session.add_all([Item(id=2, region="east"), Item(id=3, region="west")])
+        session.flush()
+        for _ in range(reads):
+            assert session.scalar(select(func.count()).select_from(Item)) == 3
+        if keep:
+            nested.commit()
+        else:
+            nested.rollback()
+        session.commit()
+    with shard_map.sessionmaker()() as session:
+        assert sorted(session.scalars(select(Item.id))) == ([1, 2, 3] if keep else [1])
+    shard_map.dispose()

@@ -48,7 +48,7 @@ from typing import Any
 
 from sqlalchemy.util import await_only, greenlet_spawn
 
-from .._sqlalchemy import drivers
+from .._sqlalchemy import drivers, sessions
 from .._sqlalchemy.savepoints import StatementSavepoints
 from ..errors import ShardQueryError, ShardTimeoutError
 from .cancellation import ABANDON_GRACE_SECONDS, CANCEL_TIMEOUT_SECONDS, Cancelled, Running
@@ -115,7 +115,7 @@ def fan_out(
             try:
                 if statement_savepoints is not None:
                     statement_savepoints.open(shard, connection)
-                with running.on(shard, connection), _savepoint(connection, savepoints):
+                with running.on(shard, connection), _savepoint(session, connection, savepoints):
                     if deadline is None:
                         outcome.results[shard] = run(shard)
                     else:
@@ -276,12 +276,15 @@ def _naming(shard: Any, failed: list[Any]) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _savepoint(connection: Any, wanted: bool) -> Iterator[None]:
+def _savepoint(session: Any, connection: Any, wanted: bool) -> Iterator[None]:
     if not wanted:
         yield
         return
-    drivers.ensure_transaction_begun(connection)
-    savepoint = connection.begin_nested()
+    # through the connection that opens every SAVEPOINT on this database connection: a
+    # shard's own would reuse the name of the session's nested transaction's savepoint
+    opener = sessions.savepoint_opener(session, connection)
+    drivers.ensure_transaction_begun(opener)
+    savepoint = opener.begin_nested()
     try:
         yield
     except BaseException:
