@@ -44,7 +44,7 @@ CANCEL_TIMEOUT_SECONDS = ABANDON_GRACE_SECONDS
 class _Statement:
     """A statement running on one shard: its connection and what stopping it needs."""
 
-    __slots__ = ("abandoned", "connection", "dialect", "driver", "is_async")
+    __slots__ = ("abandoned", "cancel_sent", "connection", "dialect", "driver", "is_async")
 
     def __init__(self, connection: Any) -> None:
         self.connection = connection
@@ -52,6 +52,7 @@ class _Statement:
         self.dialect = connection.dialect.name
         self.is_async = bool(connection.dialect.is_async)
         self.abandoned = False
+        self.cancel_sent: Any = None  # the future of the cancel request sent for it
 
 
 class Running:
@@ -79,6 +80,12 @@ class Running:
         finally:
             with self._lock:
                 self._now.pop(shard, None)
+            if statement.cancel_sent is not None:
+                # a cancel that arrives after the statement ended would stop the next one
+                # on this connection (its next statement, or another session's after the
+                # pool): the connection is given back only once the request is delivered
+                with contextlib.suppress(Exception):
+                    statement.cancel_sent.result(timeout=CANCEL_TIMEOUT_SECONDS + 1.0)
             if statement.abandoned:
                 # its socket is shut: make sure SQLAlchemy throws the connection away, even
                 # if the statement happened to finish in time (on the thread that owns it)
@@ -99,7 +106,9 @@ class Running:
             running = list(self._now.values())
         for statement in running:
             if not statement.is_async:
-                WORKERS.submit(cancel_query, statement.connection, statement.driver)
+                statement.cancel_sent = WORKERS.submit(
+                    cancel_query, statement.connection, statement.driver
+                )
         self._abandon_alarm = WATCHDOG.arm(ABANDON_GRACE_SECONDS, self.abandon)
 
     def cancel_async(self) -> None:
